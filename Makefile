@@ -1,0 +1,46 @@
+# ensemble-serving: the two commands that matter are `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+REPO ?= model_repository
+MODEL ?= digits
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run train serve test lint format clean
+
+# The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
+# package can pull a CUDA build of it.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[train,cpu,dev]' $(TORCH)
+	touch $@
+
+install: $(BIN)/.installed
+
+# Train the default ensemble on the bundled digits if no model exists, then serve it.
+run: install
+	@if ! ls $(REPO)/$(MODEL)/*/manifest.json >/dev/null 2>&1; then \
+		echo "No model in $(REPO)/$(MODEL): training the default ensemble (about a minute)..."; \
+		$(BIN)/ensemble-train ensemble --data digits --members 5 --repository $(REPO) --name $(MODEL); \
+	fi
+	$(BIN)/ensemble-serve --model-repository $(REPO) --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# pytest exits 5 when it collects no tests, which fails this target as it should.
+test: install lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
