@@ -32,7 +32,9 @@ def test_valid_classification_manifest_round_trips(tmp_path: Path) -> None:
 
 def test_regression_manifest() -> None:
     m = Manifest.model_validate(
-        _manifest(task="regression", labels=None, outputs=[o.model_dump() for o in output_specs("regression", 2)])
+        _manifest(
+            task="regression", labels=None, outputs=[o.model_dump() for o in output_specs("regression", 2)]
+        )
     )
     assert m.member_output == "prediction"
 
