@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean
+.PHONY: install run train serve test lint format clean gpu-check
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -44,3 +44,7 @@ test: install lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# On a machine with an NVIDIA GPU: `make gpu-check WHEELS=dir-of-wheels [ORT_GPU_TAR=file] [PYTHON=python3]`.
+gpu-check:
+	WHEELS=$(WHEELS) ORT_GPU_TAR=$(ORT_GPU_TAR) PYTHON=$(or $(PYTHON_GPU),python3) bash benchmarks/gpu_check.sh
