@@ -86,7 +86,10 @@ def _member_io(path: Path, task: Task) -> tuple[str, int, int]:
     """(input name, number of features, output width) of a member graph, checked against the contract."""
     if not path.is_file():
         raise RepositoryError(f"member file {path} does not exist")
-    graph = onnx.load(str(path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise RepositoryError(f"member {path} is not a readable ONNX file: {exc}") from exc
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
         raise RepositoryError(f"member {path.name} keeps weights in an external file: export it whole")
     expected = MEMBER_OUTPUT[task]

@@ -167,6 +167,9 @@ def test_members_must_agree_and_match_the_task(tmp_path: Path, cls_members: list
     reg = export_all(["reg"], "regression", tmp_path)
     with pytest.raises(RepositoryError, match="must have one input and one output named 'probabilities'"):
         _write(tmp_path / "repo", [cls_members[0], *reg])
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(RepositoryError, match="not a readable ONNX file"):
+        _write(tmp_path / "repo", [MemberArtifact(onnx_path=tmp_path / "junk.onnx")])
     with pytest.raises(RepositoryError, match="give both mean and std"):
         _write(tmp_path / "repo", cls_members, std=None)
     assert _leftovers(tmp_path / "repo") == []
