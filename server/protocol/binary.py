@@ -145,8 +145,12 @@ def parse_infer_request(
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        what = "inference header" if length is not None else "request body"
-        raise ProtocolError(f"The {what} is not valid UTF-8 JSON ({exc}).") from None
+        if length is not None:
+            raise ProtocolError(f"The inference header is not valid UTF-8 JSON ({exc}).") from None
+        raise ProtocolError(
+            f"The request body is not valid UTF-8 JSON ({exc}); "
+            f"a body with binary tensors needs the {HEADER_LENGTH_HEADER} header."
+        ) from None
     if not isinstance(doc, dict):
         raise ProtocolError("The inference request must be a JSON object.")
 
@@ -299,12 +303,31 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
     if values.dtype.kind == "b":
         raise ProtocolError(f"Input '{name}' is {datatype}, so its 'data' must hold numbers, not booleans.")
     if target.kind in "iu":
-        if values.dtype.kind == "f":
+        # Exact powers of two, so the bounds hold for float64 values too.
+        bits = 8 * target.itemsize
+        low, high = (0, 2**bits) if target.kind == "u" else (-(2 ** (bits - 1)), 2 ** (bits - 1))
+        out_of_range = ProtocolError(
+            f"The 'data' of input '{name}' has values outside the range of {datatype}."
+        )
+        if values.dtype.kind != "f":
+            if values.min() < low or values.max() >= high:
+                raise out_of_range
+            return values.astype(target).reshape(shape)
+        # float64 comes from real fractions, from integers beyond 64 bits (orjson reads them as floats),
+        # or from integers that need both int64 and uint64 (0 next to 2**63), which numpy cannot mix.
+        if not np.array_equal(values, np.floor(values)):
             raise ProtocolError(f"Input '{name}' is {datatype}, so its 'data' must hold integers.")
-        info = np.iinfo(target)
-        if values.min() < info.min or values.max() > info.max:
-            raise ProtocolError(f"The 'data' of input '{name}' has values outside the range of {datatype}.")
-        return values.astype(target).reshape(shape)
+        if values.min() < low or values.max() > high:
+            raise out_of_range
+        try:
+            with np.errstate(all="ignore"):
+                # Convert the original numbers again: float64 cannot hold every UINT64 exactly.
+                exact = np.array(data, dtype=target)
+        except (OverflowError, ValueError):
+            raise out_of_range from None
+        if not np.array_equal(exact.astype(np.float64), values):
+            raise out_of_range
+        return exact.reshape(shape)
     with np.errstate(over="ignore"):
         cast = values.astype(target)
     # JSON has no infinities, so an infinity here is a finite number too large for the datatype.
