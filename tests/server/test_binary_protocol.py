@@ -428,3 +428,8 @@ def test_json_integers_at_the_64_bit_edges_stay_exact() -> None:
     small = [-(2**63), 2**63 - 1]
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": small}]})
     assert parse_infer_request(body).input("x").data.tolist() == small
+
+
+def test_integral_floats_are_accepted_for_integer_datatypes() -> None:
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [3.0, 1]}]})
+    assert _same(parse_infer_request(body).input("x").data, np.array([3, 1], dtype=np.int32))
