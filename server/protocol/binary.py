@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -166,15 +166,16 @@ def parse_infer_request(
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("The request must have a non-empty 'inputs' array.")
     specs = [_input_spec(i, item) for i, item in enumerate(raw_inputs)]
-    _no_duplicates([s[0] for s in specs], "input")
+    _no_duplicates([spec.name for spec in specs], "input")
 
-    tail = 0 if length is None else len(view) - length
-    declared = sum(s[4] for s in specs if s[4] is not None)
-    if length is None and any(s[4] is not None for s in specs):
-        name = next(s[0] for s in specs if s[4] is not None)
+    binary_specs = [spec for spec in specs if spec.size is not None]
+    if length is None and binary_specs:
         raise ProtocolError(
-            f"Input '{name}' declares binary_data_size but the request has no {HEADER_LENGTH_HEADER} header."
+            f"Input '{binary_specs[0].name}' declares binary_data_size "
+            f"but the request has no {HEADER_LENGTH_HEADER} header."
         )
+    tail = 0 if length is None else len(view) - length
+    declared = sum(spec.size or 0 for spec in binary_specs)
     if declared != tail:
         raise ProtocolError(
             f"The binary inputs declare {declared} bytes in all, "
@@ -183,21 +184,22 @@ def parse_infer_request(
 
     inputs = []
     offset = 0 if length is None else length
-    for name, datatype, shape, params, size, data in specs:
-        if size is None:
-            array = _decode_json(name, datatype, shape, data)
+    for spec in specs:
+        if spec.size is None:
+            array = _decode_json(spec.name, spec.datatype, spec.shape, spec.data)
         else:
-            array = _decode_binary(name, datatype, shape, view[offset : offset + size])
-            offset += size
-        inputs.append(InferInput(name, datatype, shape, array, params))
+            array = _decode_binary(spec.name, spec.datatype, spec.shape, view[offset : offset + spec.size])
+            offset += spec.size
+        inputs.append(InferInput(spec.name, spec.datatype, spec.shape, array, spec.parameters))
 
     outputs = None
     if "outputs" in doc:
         raw_outputs = doc["outputs"]
         if not isinstance(raw_outputs, list):
             raise ProtocolError("The request 'outputs' must be an array.")
-        outputs = tuple(_requested_output(i, item) for i, item in enumerate(raw_outputs))
-        _no_duplicates([o.name for o in outputs], "output")
+        # An empty list asks for nothing in particular, like an absent one: every output.
+        outputs = tuple(_requested_output(i, item) for i, item in enumerate(raw_outputs)) or None
+        _no_duplicates([o.name for o in outputs or ()], "output")
     return InferRequest(
         id=request_id,
         parameters=parameters,
@@ -207,10 +209,16 @@ def parse_infer_request(
     )
 
 
-_Spec = tuple[str, str, tuple[int, ...], dict[str, Any], int | None, Any]
+class _InputSpec(NamedTuple):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    parameters: dict[str, Any]
+    size: int | None  # binary_data_size, None for JSON data
+    data: Any
 
 
-def _input_spec(index: int, item: Any) -> _Spec:
+def _input_spec(index: int, item: Any) -> _InputSpec:
     """Check one ``$request_input`` object's fields; the data itself is decoded later."""
     if not isinstance(item, dict):
         raise ProtocolError(f"Input {index} must be a JSON object.")
@@ -236,7 +244,7 @@ def _input_spec(index: int, item: Any) -> _Spec:
         raise ProtocolError(f"Input '{name}' has both 'data' and a binary_data_size; send one of them.")
     if size is None and "data" not in item:
         raise ProtocolError(f"Input '{name}' has neither 'data' nor a binary_data_size parameter.")
-    return name, datatype, tuple(shape), params, size, item.get("data")
+    return _InputSpec(name, datatype, tuple(shape), params, size, item.get("data"))
 
 
 def _requested_output(index: int, item: Any) -> RequestedOutput:

@@ -433,3 +433,13 @@ def test_json_integers_at_the_64_bit_edges_stay_exact() -> None:
 def test_integral_floats_are_accepted_for_integer_datatypes() -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [3.0, 1]}]})
     assert _same(parse_infer_request(body).input("x").data, np.array([3, 1], dtype=np.int32))
+
+
+def test_an_empty_outputs_list_asks_for_every_output() -> None:
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": []}
+    )
+    request = parse_infer_request(body)
+    assert request.outputs is None
+    assert request.output_names(["a", "b"]) == ["a", "b"]
+    assert request.binary_outputs(["a", "b"]) == set()
