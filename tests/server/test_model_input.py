@@ -1,0 +1,58 @@
+"""server.protocol.model_input: a parsed request checked against the model's input spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from server.manifest import InputSpec
+from server.protocol.binary import ProtocolError, parse_infer_request
+from server.protocol.model_input import model_input
+
+SPEC = InputSpec(name="input", datatype="FP32", shape=[-1, 3])
+
+
+def _request(*tensors: dict[str, Any], tail: bytes = b"") -> Any:
+    header = orjson.dumps({"inputs": list(tensors)})
+    return parse_infer_request(header + tail, len(header) if tail else None)
+
+
+def _tensor(**over: Any) -> dict[str, Any]:
+    return {"name": "input", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6], **over}
+
+
+def test_rows_come_back_with_their_shape_and_dtype() -> None:
+    rows = model_input(_request(_tensor()), SPEC)
+    assert rows.dtype == np.float32
+    assert rows.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ([_tensor(name="x")], "unknown input 'x'; this model takes exactly one input, 'input'"),
+        ([_tensor(), _tensor(name="extra")], "unknown input 'extra'"),
+        ([_tensor(datatype="FP64")], "must be FP32, not FP64"),
+        ([_tensor(shape=[3, 2])], "must have shape \\[N, 3\\], got \\[3, 2\\]"),
+        ([_tensor(shape=[6])], "must have shape \\[N, 3\\], got \\[6\\]"),
+        ([_tensor(shape=[0, 3], data=[])], "at least one row"),
+    ],
+)
+def test_mismatches_are_refused(tensors: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        model_input(_request(*tensors), SPEC)
+
+
+def test_binary_nan_is_refused() -> None:
+    raw = np.array([[1, np.nan, 3]], dtype="<f4").tobytes()
+    binary = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [1, 3],
+        "parameters": {"binary_data_size": len(raw)},
+    }
+    with pytest.raises(ProtocolError, match="NaN or infinite"):
+        model_input(_request(binary, tail=raw), SPEC)
