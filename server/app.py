@@ -219,7 +219,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         if registry.is_ready():
             return json_response({"ready": True})
         not_ready = {n: s.reason or s.state for n, s in registry.status.items() if s.state != "ready"}
-        return json_response({"ready": False, "models": not_ready}, 503)
+        return json_response({"ready": False, "loading": not registry.loaded_once, "models": not_ready}, 503)
 
     # ---------------------------------------------------------------- V2 models
     @app.get("/v2/models/{name}", tags=["v2"])
