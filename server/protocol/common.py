@@ -35,7 +35,8 @@ def check_features(x: np.ndarray, n_features: int, allow_nonfinite: bool) -> np.
     if x.shape[1] != n_features:
         raise BadRequest(f"Each row must have {n_features} features; got {x.shape[1]}.")
     # Cast first: a finite float64 such as 1e300 becomes inf in float32.
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not allow_nonfinite and not np.isfinite(x).all():
         raise BadRequest("The input contains NaN or infinite values (or values too large for FP32).")
     return x
