@@ -92,19 +92,19 @@ def test_explicit_version_is_served(server: ServerProcess) -> None:
             b'{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
             400,
             "4 features",
-        ),  # fmt: skip
+        ),
         (
             "/v2/models/iris/infer",
             b'{"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}',
             400,
             "needs 8",
-        ),  # fmt: skip
+        ),
         (
             "/v2/models/iris/infer",
             b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": [1, 2, 3, 4]}]}',
             400,
             "datatype",
-        ),  # fmt: skip
+        ),
         ("/v1/models/iris:predict", b'{"instances": [[1, 2, 3, 4], [1, 2]]}', 400, "equal length"),
         ("/v1/models/iris:predict", b'{"instances": [[1e300, 2, 3, 4]]}', 400, "infinite"),
         ("/v1/models/iris:predict", b'{"instances": []}', 400, "empty"),
