@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.app import create_app
 
+    # uvicorn drains, then re-raises the signal it caught under the handler that was there before it;
+    # a no-op handler turns a clean drain into exit code 0 instead of death by SIGTERM (143).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -200,3 +200,26 @@ def test_metrics_after_requests(server: ServerProcess) -> None:
     assert 'ensemble_queue_depth{model="iris",version="2"} 0.0' in text
     assert 'ensemble_model_load_failures_total{model="broken"}' in text
     assert 'provider="CPUExecutionProvider"' in text and "ensemble_model_info{" in text
+
+
+def test_concurrent_requests_each_get_their_own_rows(server: ServerProcess) -> None:
+    import asyncio
+
+    import httpx
+
+    rng = np.random.default_rng(11)
+    requests = [rng.standard_normal((int(n), 4)).round(3).tolist() for n in rng.integers(1, 7, size=40)]
+
+    async def send_all() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            rs = await asyncio.gather(
+                *(client.post("/v2/models/iris/infer", json=v2_body(r)) for r in requests)
+            )
+        return [r.json() for r in rs]
+
+    together = asyncio.run(send_all())
+    for rows, body in zip(requests, together, strict=True):
+        alone = server.client.post("/v2/models/iris/infer", json=v2_body(rows)).json()
+        for got, want in zip(body["outputs"], alone["outputs"], strict=True):
+            assert got["shape"] == want["shape"] and got["shape"][0] == len(rows)
+            np.testing.assert_allclose(got["data"], want["data"], atol=1e-6)

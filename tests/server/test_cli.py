@@ -36,3 +36,17 @@ def test_python_dash_m_server_reports_missing_repository() -> None:
     )  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not a folder" in r.stderr
+
+
+def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
+    import signal
+
+    from tests.server.conftest import ServerProcess
+
+    proc = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "log")
+    try:
+        proc.wait_live()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0
+    finally:
+        proc.stop()
