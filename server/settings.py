@@ -18,7 +18,8 @@ MemberExecution = Literal["auto", "sequential", "fused", "parallel"]
 class Settings(BaseSettings):
     """Everything the server can be told; read from ``ENSEMBLE_*`` environment variables and CLI flags."""
 
-    model_config = SettingsConfigDict(env_prefix="ENSEMBLE_", extra="ignore")
+    # The docstring under each field becomes its description (shown in the JSON schema and --help texts).
+    model_config = SettingsConfigDict(env_prefix="ENSEMBLE_", extra="ignore", use_attribute_docstrings=True)
 
     model_repository: Path = Path("model_repository")
     """Folder holding ``<model>/<version>/manifest.json`` and the member ONNX files."""
