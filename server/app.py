@@ -110,25 +110,8 @@ class Handlers:
         outcome = "ok"
         try:
             body = await read_body(request, self.settings.max_body_bytes)
-            if protocol == "v2":
-                # Triton's binary tensor extension plugs in here: split the body with
-                # server.protocol.binary.parse_binary_request when Inference-Header-Content-Length is set.
-                if request.headers.get("inference-header-content-length") is not None:
-                    raise BadRequest("Binary tensor data is not supported by this server build.")
-                req = v2.decode_infer_request(
-                    parse_json_object(body), lm.manifest, self.settings.allow_nonfinite
-                )
-                assert lm.batcher is not None
-                results = await lm.batcher.submit(req.x, deadline)
-                response = json_response(v2.encode_infer_response(lm.manifest, lm.version, req, results))
-            else:
-                x = v1.decode_predict_request(
-                    parse_json_object(body), lm.manifest, self.settings.allow_nonfinite
-                )
-                assert lm.batcher is not None
-                results = await lm.batcher.submit(x, deadline)
-                response = json_response(v1.encode_predict_response(lm.manifest, lm.version, results))
-            return response
+            run = self._infer_v2 if protocol == "v2" else self._predict_v1
+            return await run(request, body, lm, deadline)
         except ServerError as exc:
             outcome = str(exc.status_code)
             raise
@@ -139,6 +122,22 @@ class Handlers:
             in_flight.dec()
             self.metrics.requests.labels(*labels, protocol, outcome).inc()
             self.metrics.request_duration.labels(*labels, protocol).observe(time.perf_counter() - start)
+
+    async def _infer_v2(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+        # Triton's binary tensor extension plugs in here: when Inference-Header-Content-Length is set,
+        # split the body with server.protocol.binary and pass the raw buffers to decode_infer_request.
+        if request.headers.get("inference-header-content-length") is not None:
+            raise BadRequest("Binary tensor data is not supported by this server build.")
+        req = v2.decode_infer_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
+        assert lm.batcher is not None  # every model in the registry has one
+        results = await lm.batcher.submit(req.x, deadline)
+        return json_response(v2.encode_infer_response(lm.manifest, lm.version, req, results))
+
+    async def _predict_v1(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+        x = v1.decode_predict_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
+        assert lm.batcher is not None
+        results = await lm.batcher.submit(x, deadline)
+        return json_response(v1.encode_predict_response(lm.manifest, lm.version, results))
 
     def check_admin(self, request: Request) -> None:
         token = self.settings.admin_token
