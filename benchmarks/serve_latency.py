@@ -1,17 +1,21 @@
 """Single-row latency and throughput of a real server on 127.0.0.1 (V2 JSON), at concurrency 1 and 16.
 
-    .venv/bin/python benchmarks/serve_latency.py [--seconds 5] [--execution auto]
+    .venv/bin/python benchmarks/serve_latency.py [--seconds 5] [--execution auto] [--client wrk|httpx]
 
 Builds a 5-member MLP repository (64 features -> 256 -> 128 -> 10 classes, like the digits model) in a
-temporary folder, starts ``python -m server`` on a free port, and runs a bounded asyncio httpx loop. The
-client shares the machine's CPUs with the server, so figures are a floor on what the server alone does.
+temporary folder, starts ``python -m server`` on a free port, and drives it with ``wrk`` (pinned to the
+last CPU, when installed: ``apt-get install wrk``) or a bounded asyncio httpx loop. The client shares the
+machine's CPUs with the server, so figures are a floor on what the server alone does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +52,38 @@ async def load(url: str, concurrency: int, seconds: float, max_requests: int) ->
     return latencies, errors
 
 
+def wrk(url: str, concurrency: int, seconds: float, tmp: Path) -> str:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+    )
+    cpu = str(max(os.sched_getaffinity(0)))
+    cmd = [
+        "taskset",
+        "-c",
+        cpu,
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script),
+    ]
+    out = subprocess.run(
+        [*cmd, f"{url}/v2/models/digits/infer"], capture_output=True, text=True, timeout=seconds + 30
+    )
+    keep = ("Latency", "50%", "90%", "99%", "Requests/sec", "Non-2xx", "requests in")
+    return "\n".join(line for line in out.stdout.splitlines() if line.strip().startswith(keep))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--execution", default="auto")
+    p.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -63,9 +95,14 @@ def main() -> None:
             proc.wait_loaded()
             asyncio.run(load(proc.url, 4, 1.0, 2000))  # warm the connections and the code paths
             print(f"cpus={len(os.sched_getaffinity(0))} execution={args.execution} seconds={args.seconds}")
-            print("| concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms |")
-            print("|---|---|---|---|---|---|---|")
-            for c in (1, 16):
+            if args.client == "wrk":
+                for c in (1, 16):
+                    print(f"--- wrk, concurrency {c}\n{wrk(proc.url, c, args.seconds, root)}")
+                args.seconds = 0  # skip the httpx loop
+            if args.seconds:
+                print("| concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms |")
+                print("|---|---|---|---|---|---|---|")
+            for c in (1, 16) if args.seconds else ():
                 t0 = time.perf_counter()
                 lat, errors = asyncio.run(load(proc.url, c, args.seconds, 200_000))
                 wall = time.perf_counter() - t0
