@@ -223,3 +223,10 @@ def test_concurrent_requests_each_get_their_own_rows(server: ServerProcess) -> N
         for got, want in zip(body["outputs"], alone["outputs"], strict=True):
             assert got["shape"] == want["shape"] and got["shape"][0] == len(rows)
             np.testing.assert_allclose(got["data"], want["data"], atol=1e-6)
+
+
+def test_start_up_log_names_provider_execution_threads_and_warm_up(server: ServerProcess) -> None:
+    log = server.log.read_text()
+    assert "loaded iris version 2: 5 members, provider CPUExecutionProvider, execution " in log
+    assert "intra-op threads, warm-up " in log
+    assert "cannot load broken version 1: member file member-0.onnx does not match its sha256" in log
