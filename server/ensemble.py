@@ -212,10 +212,8 @@ class Ensemble:
             self.timings[name] = Timing(_time(runner, x1, warmup_runs), _time(runner, xb, warmup_runs))
         self.runner = self._pick(candidates)
         for runner in candidates.values():
-            if runner is not self.runner and not (
-                isinstance(runner, SequentialRunner) and isinstance(self.runner, SequentialRunner)
-            ):
-                runner.close()
+            if runner is not self.runner:
+                runner.close()  # only a parallel runner holds something (its pool); sessions are shared
         self.execution = self.runner.name
         self.info = infos["fused" if self.execution == "fused" else "members"]
         self.members = len(paths)
