@@ -7,6 +7,7 @@ that followed it (``server.protocol.binary`` splits a binary body into the two);
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ def _input_array(tensor: dict[str, Any], raw: list[bytes] | None, raw_index: int
         raise BadRequest(f"The input's datatype must be one of {', '.join(NUMPY_DTYPES)}; got {datatype!r}.")
     shape = _shape(tensor.get("shape"))
     params = tensor.get("parameters") or {}
-    size = int(np.prod(shape)) if shape else 1
+    size = math.prod(shape)  # Python ints: no int64 overflow on absurd shapes
     if isinstance(params, dict) and "binary_data_size" in params:
         if raw is None or raw_index >= len(raw):
             raise BadRequest("The input says it is binary but no binary data follows the JSON header.")

@@ -1,6 +1,8 @@
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.errors import BadRequest
 from server.manifest import Manifest, output_specs
@@ -123,3 +125,42 @@ def test_v1_response_names_labels() -> None:
 def test_body_parsing(raw: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         parse_json_object(raw)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.one_of(json_values, st.lists(st.integers(-3, 2**40), max_size=4)),
+    data=json_values,
+    datatype=st.sampled_from(["FP32", "INT64", "FP16", "BYTES", None, 3]),
+    extra=st.dictionaries(st.sampled_from(["outputs", "id", "parameters"]), json_values, max_size=3),
+)
+def test_any_json_gives_rows_or_bad_request(
+    shape: object, data: object, datatype: object, extra: dict
+) -> None:
+    body = {"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}], **extra}
+    try:
+        req = v2.decode_infer_request(body, MANIFEST, False)
+    except BadRequest:
+        return
+    assert req.x.dtype == np.float32 and req.x.ndim == 2 and req.x.shape[1] == 2 and np.isfinite(req.x).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances=json_values)
+def test_any_v1_instances_give_rows_or_bad_request(instances: object) -> None:
+    try:
+        x = v1.decode_predict_request({"instances": instances}, MANIFEST, False)
+    except BadRequest:
+        return
+    assert x.shape[1] == 2 and len(x) >= 1
