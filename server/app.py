@@ -1,0 +1,290 @@
+"""The HTTP application: route table, thin handlers, error handlers and the start-up/shut-down lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import onnxruntime as ort
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server import __version__
+from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
+from server.manifest import NAME_RE
+from server.metrics import CONTENT_TYPE, Metrics
+from server.protocol import v1, v2
+from server.protocol.common import DUMPS_OPTIONS, parse_json_object
+from server.repository import LoadedModel, ModelRegistry
+from server.settings import Settings
+
+log = logging.getLogger("server")
+SERVER_NAME = "ensemble-serving"
+
+
+def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body, option=DUMPS_OPTIONS), status_code, headers, "application/json")
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status_code, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("The Content-Length header is not a number.")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise NotFound(f"Model '{name[:64]}' does not exist.")
+    return name
+
+
+def _version(version: str) -> int:
+    if not version.isdigit() or int(version) < 1:
+        raise NotFound(f"Version '{version[:20]}' does not exist; versions are positive integers.")
+    return int(version)
+
+
+class Handlers:
+    """The logic behind each route; handlers read requests and return responses, nothing else."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
+        self.settings, self.registry, self.metrics = settings, registry, metrics
+        # Extensions really implemented; others (binary_tensor_data, model_configuration) add themselves.
+        self.extensions: list[str] = ["model_repository"] if settings.admin_token else []
+
+    def lookup(self, name: str, version: str | None) -> LoadedModel:
+        return self.registry.get(_model_name(name), _version(version) if version is not None else None)
+
+    def server_metadata(self) -> dict[str, Any]:
+        providers = sorted({lm.ensemble.info.provider for lm in self.registry.models.values()})
+        return {
+            "name": SERVER_NAME,
+            "version": __version__,
+            "extensions": self.extensions,
+            "available_providers": ort.get_available_providers(),
+            "providers": providers,
+        }
+
+    def model_metadata(self, lm: LoadedModel) -> dict[str, Any]:
+        e = lm.ensemble
+        extra = {
+            "provider": e.info.provider,
+            "device": e.info.device,
+            "members": e.members,
+            "member_execution": e.execution,
+            "max_batch_size": self.settings.max_batch_size,
+        }
+        return v2.model_metadata(lm.manifest, self.registry.versions_of(lm.name), extra)
+
+    async def infer(self, request: Request, name: str, version: str | None, protocol: str) -> Response:
+        """Shared by V2 and V1: body -> rows -> batcher -> response; records the request's metrics."""
+        start = time.perf_counter()
+        deadline = start + self.settings.request_timeout_s
+        lm = self.lookup(name, version)
+        labels = (lm.name, str(lm.version))
+        in_flight = self.metrics.in_flight.labels(*labels)
+        in_flight.inc()
+        outcome = "ok"
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            run = self._infer_v2 if protocol == "v2" else self._predict_v1
+            return await run(request, body, lm, deadline)
+        except ServerError as exc:
+            outcome = str(exc.status_code)
+            raise
+        except Exception:
+            outcome = "500"
+            raise
+        finally:
+            in_flight.dec()
+            self.metrics.requests.labels(*labels, protocol, outcome).inc()
+            self.metrics.request_duration.labels(*labels, protocol).observe(time.perf_counter() - start)
+
+    async def _infer_v2(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+        # Triton's binary tensor extension plugs in here: when Inference-Header-Content-Length is set,
+        # split the body with server.protocol.binary and pass the raw buffers to decode_infer_request.
+        if request.headers.get("inference-header-content-length") is not None:
+            raise BadRequest("Binary tensor data is not supported by this server build.")
+        req = v2.decode_infer_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
+        assert lm.batcher is not None  # every model in the registry has one
+        results = await lm.batcher.submit(req.x, deadline)
+        return json_response(v2.encode_infer_response(lm.manifest, lm.version, req, results))
+
+    async def _predict_v1(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+        x = v1.decode_predict_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
+        assert lm.batcher is not None
+        results = await lm.batcher.submit(x, deadline)
+        return json_response(v1.encode_predict_response(lm.manifest, lm.version, results))
+
+    def check_admin(self, request: Request) -> None:
+        token = self.settings.admin_token
+        if not token:
+            raise NotFound("Not found.")
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            raise Unauthorized()
+        if not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
+            raise Forbidden("The bearer token is not valid.")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServerError)
+    async def _server_error(_: Request, exc: ServerError) -> Response:
+        return error_response(exc.status_code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"Invalid request: {where}: {first.get('msg', 'invalid')}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal server error.")
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
+    registry = ModelRegistry(settings, metrics)
+    h = Handlers(settings, registry, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so that /v2/health/live answers during start-up.
+        loading = asyncio.create_task(registry.reload())
+        loading.add_done_callback(
+            lambda t: t.cancelled() or t.exception() is None or log.error("loading failed: %r", t.exception())
+        )
+        yield
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loading
+        await registry.close()
+
+    app = FastAPI(title="ensemble-serving", version=__version__, lifespan=lifespan)
+    app.state.settings, app.state.registry, app.state.metrics, app.state.handlers = (
+        settings,
+        registry,
+        metrics,
+        h,
+    )
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])  # fmt: skip
+
+    # ---------------------------------------------------------------- V2 server
+    @app.get("/v2", tags=["v2"])
+    async def server_metadata() -> Response:
+        return json_response(h.server_metadata())
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def ready() -> Response:
+        if registry.is_ready():
+            return json_response({"ready": True})
+        not_ready = {n: s.reason or s.state for n, s in registry.status.items() if s.state != "ready"}
+        return json_response({"ready": False, "loading": not registry.loaded_once, "models": not_ready}, 503)
+
+    # ---------------------------------------------------------------- V2 models
+    @app.get("/v2/models/{name}", tags=["v2"])
+    async def model_metadata(name: str) -> Response:
+        return json_response(h.model_metadata(h.lookup(name, None)))
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+    async def model_version_metadata(name: str, version: str) -> Response:
+        return json_response(h.model_metadata(h.lookup(name, version)))
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    async def model_ready(name: str) -> Response:
+        lm = h.lookup(name, None)
+        return json_response({"name": lm.name, "ready": True})
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    async def model_version_ready(name: str, version: str) -> Response:
+        lm = h.lookup(name, version)
+        return json_response({"name": lm.name, "version": str(lm.version), "ready": True})
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"])
+    async def infer(name: str, request: Request) -> Response:
+        return await h.infer(request, name, None, "v2")
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"])
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        return await h.infer(request, name, version, "v2")
+
+    # ---------------------------------------------------------------- V1
+    @app.post("/v1/models/{name}:predict", tags=["v1"])
+    async def predict(name: str, request: Request) -> Response:
+        return await h.infer(request, name, None, "v1")
+
+    # ---------------------------------------------------------------- repository admin
+    @app.post("/v2/repository/index", tags=["admin"])
+    async def repository_index(request: Request) -> Response:
+        h.check_admin(request)
+        rows = []
+        for name, st in sorted(registry.status.items()):
+            for v in st.versions or [None]:
+                row = {"name": name, "state": "READY" if (name, v) in registry.models else st.state.upper()}
+                if v is not None:
+                    row["version"] = str(v)
+                if st.reason:
+                    row["reason"] = st.reason
+                rows.append(row)
+        return json_response(rows)
+
+    @app.post("/v2/repository/models/{name}/load", tags=["admin"])
+    async def repository_load(name: str, request: Request) -> Response:
+        h.check_admin(request)
+        await registry.load(_model_name(name))
+        st = registry.status[name]
+        if st.state != "ready":
+            raise BadRequest(f"Model '{name}' failed to load: {st.reason}")
+        return json_response({"name": name, "loaded": True})
+
+    @app.post("/v2/repository/models/{name}/unload", tags=["admin"])
+    async def repository_unload(name: str, request: Request) -> Response:
+        h.check_admin(request)
+        await registry.unload(_model_name(name))
+        return json_response({"name": name, "unloaded": True})
+
+    # ---------------------------------------------------------------- metrics
+    @app.get("/metrics", tags=["metrics"])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

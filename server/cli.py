@@ -1,0 +1,79 @@
+"""``ensemble-serve``: serve a model repository with uvicorn (one process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, never a usage dump
+        print(f"ensemble-serve: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ensemble-serve", description="Serve an ONNX ensemble model repository over KServe V2.")
+    p.add_argument(
+        "--model-repository", type=Path, help="folder of <model>/<version>/ (ENSEMBLE_MODEL_REPOSITORY)"
+    )
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument(
+        "--device", choices=["auto", "cuda", "tensorrt", "cpu"], help="execution device (default auto)"
+    )
+    p.add_argument("--max-batch-size", type=int, help="most rows per batch")
+    p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch may wait for company")
+    p.add_argument("--member-execution", choices=["auto", "sequential", "fused", "parallel"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    from server.settings import Settings
+
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        print(f"ensemble-serve: error: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    if not settings.model_repository.is_dir():
+        print(
+            f"ensemble-serve: error: model repository {settings.model_repository} is not a folder",
+            file=sys.stderr,
+        )
+        return 2
+
+    import uvicorn
+
+    from server.app import create_app
+
+    # uvicorn drains, then re-raises the signal it caught under the handler that was there before it;
+    # a no-op handler turns a clean drain into exit code 0 instead of death by SIGTERM (143).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Server settings: one pydantic-settings class, environment prefix ``ENSEMBLE_``.
+
+Every default serves a laptop; every limit is a setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cuda", "tensorrt", "cpu"]
+MemberExecution = Literal["auto", "sequential", "fused", "parallel"]
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; read from ``ENSEMBLE_*`` environment variables and CLI flags."""
+
+    # The docstring under each field becomes its description (shown in the JSON schema and --help texts).
+    model_config = SettingsConfigDict(env_prefix="ENSEMBLE_", extra="ignore", use_attribute_docstrings=True)
+
+    model_repository: Path = Path("model_repository")
+    """Folder holding ``<model>/<version>/manifest.json`` and the member ONNX files."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (loopback by default: expose on purpose)."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on."""
+
+    device: Device = "auto"
+    """Execution device: ``auto`` picks TensorRT -> CUDA -> CPU from what really loads."""
+
+    gpu_device_id: int = Field(default=0, ge=0)
+    """Which GPU the CUDA / TensorRT providers use."""
+
+    version_policy: str = "latest"
+    """Versions to serve: ``latest`` (the highest), ``all``, or a comma-separated list such as ``1,3``."""
+
+    max_batch_size: int = Field(default=256, ge=1)
+    """Most rows the dynamic batcher merges into one run."""
+
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    """How long a batch may wait for more requests; a lone request on an idle model runs at once."""
+
+    max_queue_size: int = Field(default=4096, ge=1)
+    """Most rows waiting in one model version's queue (independent of the batch size); beyond it: 429."""
+
+    max_request_rows: int = Field(default=4096, ge=1)
+    """Most rows in one request; a request over ``max_batch_size`` (and under this) runs as a batch alone."""
+
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """A request still unanswered after this many seconds gets 504 (its rows are dropped if still queued)."""
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Largest request body accepted; larger ones get 413 and the connection is closed."""
+
+    allow_nonfinite: bool = False
+    """Accept NaN and infinities in the input features (refused with 400 by default)."""
+
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    """onnxruntime intra-op threads per session; unset: sized from the CPUs this process may use."""
+
+    member_execution: MemberExecution = "auto"
+    """How the members run: one session each in turn, one fused graph, or a thread pool; auto measures."""
+
+    warmup_runs: int = Field(default=3, ge=0)
+    """Warm-up runs per session at batch 1 and at ``max_batch_size`` before a model reports ready."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the server and uvicorn."""
+
+    admin_token: str | None = None
+    """Bearer token for the repository admin endpoints; unset: those endpoints answer 404."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty: no CORS headers."""
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("latest", "all"):
+            return value
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError("version_policy must be 'latest', 'all' or a comma-separated list of versions")
+        return ",".join(parts)
+
+    def specific_versions(self) -> set[int] | None:
+        """The versions named by a specific policy, or None for ``latest``/``all``."""
+        if self.version_policy in ("latest", "all"):
+            return None
+        return {int(p) for p in self.version_policy.split(",")}

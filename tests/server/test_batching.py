@@ -1,0 +1,183 @@
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from server.batching import Batcher, Outputs
+from server.errors import BadRequest, QueueFull, Timeout
+from server.metrics import Metrics
+
+
+class Recorder:
+    """An inference function that records each batch it ran; optionally slow or gated."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.rows_seen: list[np.ndarray] = []
+        self.delay_s, self.gate = delay_s, gate
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.batches.append(len(x))
+        self.rows_seen.append(x.copy())
+        return {"double": x * 2, "first": x[:, 0].astype(np.int64)}
+
+
+def make(infer: Callable[[np.ndarray], Outputs], **kw: float) -> Batcher:
+    opts = {
+        "max_batch_size": 64,
+        "max_queue_delay_s": 0.005,
+        "max_queue_rows": 10_000,
+        "max_request_rows": 1000,
+    }
+    opts.update(kw)
+    return Batcher(infer, **opts)  # type: ignore[arg-type]
+
+
+def rows(start: int, n: int) -> np.ndarray:
+    """Rows whose values identify them: row i is [i, i + 0.5]."""
+    ids = np.arange(start, start + n, dtype=np.float32)
+    return np.stack([ids, ids + 0.5], axis=1)
+
+
+def test_concurrent_callers_each_get_their_own_rows_in_order_and_batches_merge() -> None:
+    rec = Recorder(delay_s=0.002)
+
+    async def main() -> list[tuple[np.ndarray, Outputs]]:
+        b = make(rec)
+        b.start()
+        rng = np.random.default_rng(0)
+        sizes = rng.integers(1, 9, size=120)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        inputs = [rows(int(s), int(n)) for s, n in zip(starts, sizes, strict=True)]
+        deadline = time.perf_counter() + 10
+        outs = await asyncio.gather(*(b.submit(x, deadline) for x in inputs))
+        await b.close()
+        return list(zip(inputs, outs, strict=True))
+
+    pairs = asyncio.run(main())
+    for x, out in pairs:
+        np.testing.assert_array_equal(out["double"], x * 2)
+        np.testing.assert_array_equal(out["first"], x[:, 0].astype(np.int64))
+    assert sum(rec.batches) == sum(len(x) for x, _ in pairs)
+    assert max(rec.batches) > 8, f"no batch merged several requests: {rec.batches}"
+    assert max(rec.batches) <= 64
+    assert len(rec.batches) < len(pairs)
+
+
+def test_lone_request_is_not_delayed_for_company() -> None:
+    rec = Recorder()
+
+    async def main() -> float:
+        b = make(rec, max_queue_delay_s=0.5)
+        b.start()
+        await b.submit(rows(0, 1), time.perf_counter() + 5)  # first call pays thread start-up
+        t0 = time.perf_counter()
+        await b.submit(rows(0, 1), time.perf_counter() + 5)
+        took = time.perf_counter() - t0
+        await b.close()
+        return took
+
+    assert asyncio.run(main()) < 0.1  # far below the 0.5 s delay it would wait for company
+
+
+def test_request_larger_than_batch_runs_alone_and_too_many_rows_is_400() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        b = make(rec, max_batch_size=8, max_request_rows=50)
+        b.start()
+        out = await b.submit(rows(0, 30), time.perf_counter() + 5)
+        np.testing.assert_array_equal(out["double"], rows(0, 30) * 2)
+        with pytest.raises(BadRequest, match="at most 50"):
+            await b.submit(rows(0, 51), time.perf_counter() + 5)
+        await b.close()
+
+    asyncio.run(main())
+    assert rec.batches == [30]
+
+
+def test_full_queue_answers_queue_full_with_retry_after() -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def main() -> None:
+        b = make(rec, max_batch_size=4, max_queue_rows=10)
+        b.start()
+        deadline = time.perf_counter() + 10
+        running = asyncio.ensure_future(b.submit(rows(0, 4), deadline))
+        await asyncio.sleep(0.05)  # the worker took it and is blocked on the gate
+        queued = [asyncio.ensure_future(b.submit(rows(10 + 4 * i, 4), deadline)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert b.queued_rows == 8
+        with pytest.raises(QueueFull) as info:
+            await b.submit(rows(100, 4), deadline)  # 8 + 4 > 10: independent of the batch size of 4
+        assert info.value.status_code == 429 and info.value.headers["Retry-After"] == "1"
+        gate.set()
+        await asyncio.gather(running, *queued)
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_timed_out_request_gets_timeout_and_its_rows_never_run() -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    metrics = Metrics()
+
+    async def main() -> None:
+        b = make(rec, max_batch_size=4, metrics=metrics, labels=("m", "1"))  # type: ignore[arg-type]
+        b.start()
+        slow = asyncio.ensure_future(b.submit(rows(0, 4), time.perf_counter() + 10))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(Timeout):
+            await b.submit(rows(500, 3), time.perf_counter() + 0.1)
+        waited = time.perf_counter() - t0
+        assert 0.095 <= waited < 1.0, waited  # neither early nor much late
+        assert b.queued_rows == 0
+        gate.set()
+        await slow
+        await b.close()
+
+    asyncio.run(main())
+    assert rec.batches == [4]
+    assert not any((r[:, 0] >= 500).any() for r in rec.rows_seen)
+    assert metrics.registry.get_sample_value("ensemble_queue_depth", {"model": "m", "version": "1"}) == 0
+
+
+def test_inference_error_reaches_every_caller_of_the_batch() -> None:
+    def boom(x: np.ndarray) -> Outputs:
+        raise RuntimeError("kaput")
+
+    async def main() -> None:
+        b = make(boom)
+        b.start()
+        with pytest.raises(RuntimeError, match="kaput"):
+            await b.submit(rows(0, 2), time.perf_counter() + 5)
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_metrics_count_batches_and_rows() -> None:
+    metrics = Metrics()
+
+    async def main() -> None:
+        b = make(Recorder(), metrics=metrics, labels=("m", "1"))  # type: ignore[arg-type]
+        b.start()
+        for n in (1, 2, 3):
+            await b.submit(rows(0, n), time.perf_counter() + 5)
+        await b.close()
+
+    asyncio.run(main())
+    labels = {"model": "m", "version": "1"}
+    assert metrics.registry.get_sample_value("ensemble_inferred_rows_total", labels) == 6
+    assert metrics.registry.get_sample_value("ensemble_batch_size_count", labels) == 3
+    assert metrics.registry.get_sample_value("ensemble_batch_size_sum", labels) == 6

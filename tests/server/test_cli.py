@@ -1,0 +1,52 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model-repository", "/definitely/not/here"], "is not a folder"),
+        (["--port", "nope"], "invalid int value"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--port", "70000", "--model-repository", "."], "port"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_python_dash_m_server_reports_missing_repository() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "server", "--model-repository", "/nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "not a folder" in r.stderr
+
+
+def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
+    import signal
+
+    from tests.server.conftest import ServerProcess
+
+    proc = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "log")
+    try:
+        proc.wait_live()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0
+    finally:
+        proc.stop()

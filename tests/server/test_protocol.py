@@ -1,0 +1,166 @@
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.errors import BadRequest
+from server.manifest import Manifest, output_specs
+from server.protocol import v1, v2
+from server.protocol.common import parse_json_object
+
+MANIFEST = Manifest.model_validate(
+    {
+        "name": "m",
+        "version": 1,
+        "task": "classification",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [o.model_dump() for o in output_specs("classification", 3)],
+        "labels": ["a", "b", "c"],
+        "members": [{"file": "member-0.onnx", "sha256": "0" * 64}],
+    }
+)
+
+
+def tensor(**over: object) -> dict:
+    base = {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    base.update(over)
+    return {"inputs": [base]}
+
+
+def test_flat_and_nested_data_give_the_same_rows() -> None:
+    flat = v2.decode_infer_request(tensor(), MANIFEST, False)
+    nested = v2.decode_infer_request(tensor(data=[[1, 2], [3, 4]]), MANIFEST, False)
+    np.testing.assert_array_equal(flat.x, nested.x)
+    assert flat.x.dtype == np.float32 and flat.x.shape == (2, 2)
+    assert flat.outputs == ["probabilities", "label", "spread"]
+
+
+def test_integer_and_double_datatypes_are_cast() -> None:
+    assert v2.decode_infer_request(tensor(datatype="INT64"), MANIFEST, False).x.dtype == np.float32
+    assert v2.decode_infer_request(tensor(datatype="FP64"), MANIFEST, False).x[1, 1] == 4
+
+
+def test_binary_input_buffers_are_read_in_order() -> None:
+    raw = np.array([[1, 2], [3, 4]], dtype="<f4").tobytes()
+    req = v2.decode_infer_request(
+        tensor(data=None, parameters={"binary_data_size": len(raw)}), MANIFEST, False, raw=[raw]
+    )
+    np.testing.assert_array_equal(req.x, [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": []}, "exactly one input"),
+        (tensor(name="x"), "Unknown input 'x'"),
+        (tensor(datatype="BYTES"), "datatype must be one of"),
+        (tensor(shape=[3, 2]), "has 4 values but its shape"),
+        (tensor(shape="2x2"), "list of integers"),
+        (tensor(shape=[1, 4]), "must have 2 features; got 4"),
+        (tensor(shape=[4]), "must be 2-D"),
+        (tensor(data=[[1, 2], [3]]), "rows of equal length"),
+        (tensor(data=["a", 2, 3, 4]), "numbers"),
+        (tensor(datatype="INT32", data=[1.5, 2, 3, 4]), "fractional"),
+        (tensor(data=[1e300, 2, 3, 4]), "NaN or infinite"),
+        (tensor(shape=[0, 2], data=[]), "no rows"),
+        ({**tensor(), "outputs": [{"name": "nope"}]}, "Unknown output 'nope'"),
+        ({**tensor(), "outputs": "label"}, "'outputs' must be a list"),
+        ({**tensor(), "id": 5}, "'id' must be a string"),
+        (tensor(data=None, parameters={"binary_data_size": 16}), "no binary data follows"),
+    ],
+)
+def test_bad_v2_requests_are_refused_with_a_reason(body: dict, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        v2.decode_infer_request(body, MANIFEST, False)
+
+
+def test_nonfinite_allowed_when_configured() -> None:
+    x = v2.decode_infer_request(tensor(data=[1e300, 2, 3, 4]), MANIFEST, True).x
+    assert np.isinf(x[0, 0])
+
+
+def test_v2_response_selects_outputs_and_echoes_id() -> None:
+    req = v2.decode_infer_request({**tensor(), "id": "r1", "outputs": [{"name": "label"}]}, MANIFEST, False)
+    results = {
+        "probabilities": np.full((2, 3), 1 / 3, np.float32),
+        "label": np.array([0, 2]),
+        "spread": np.zeros((2, 3), np.float32),
+    }
+    body = orjson.loads(
+        orjson.dumps(v2.encode_infer_response(MANIFEST, 1, req, results), option=orjson.OPT_SERIALIZE_NUMPY)
+    )
+    assert body["id"] == "r1" and body["model_version"] == "1"
+    assert body["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 2]}]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "must have 'instances'"),
+        ({"instances": []}, "empty"),
+        ({"instances": [1, 2]}, "not one flat list"),
+        ({"instances": [[1, 2], [1]]}, "equal length"),
+        ({"instances": [[1, 2, 3]]}, "2 features; got 3"),
+    ],
+)
+def test_bad_v1_requests(body: dict, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        v1.decode_predict_request(body, MANIFEST, False)
+
+
+def test_v1_response_names_labels() -> None:
+    results = {
+        "probabilities": np.array([[0.1, 0.2, 0.7]], np.float32),
+        "label": np.array([2]),
+        "spread": np.zeros((1, 3), np.float32),
+    }
+    assert v1.encode_predict_response(MANIFEST, 1, results)["predictions"] == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"", "empty"), (b"{", "not valid JSON"), (b"\xff\xfe", "UTF-8"), (b"[]", "JSON object")],
+)
+def test_body_parsing(raw: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_json_object(raw)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.one_of(json_values, st.lists(st.integers(-3, 2**40), max_size=4)),
+    data=json_values,
+    datatype=st.sampled_from(["FP32", "INT64", "FP16", "BYTES", None, 3]),
+    extra=st.dictionaries(st.sampled_from(["outputs", "id", "parameters"]), json_values, max_size=3),
+)
+def test_any_json_gives_rows_or_bad_request(
+    shape: object, data: object, datatype: object, extra: dict
+) -> None:
+    body = {"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}], **extra}
+    try:
+        req = v2.decode_infer_request(body, MANIFEST, False)
+    except BadRequest:
+        return
+    assert req.x.dtype == np.float32 and req.x.ndim == 2 and req.x.shape[1] == 2 and np.isfinite(req.x).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances=json_values)
+def test_any_v1_instances_give_rows_or_bad_request(instances: object) -> None:
+    try:
+        x = v1.decode_predict_request({"instances": instances}, MANIFEST, False)
+    except BadRequest:
+        return
+    assert x.shape[1] == 2 and len(x) >= 1
