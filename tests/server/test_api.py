@@ -5,7 +5,7 @@ import socket
 import numpy as np
 import pytest
 
-from tests.server.conftest import ServerProcess
+from tests.helpers.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

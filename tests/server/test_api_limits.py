@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.onnx_repo import write_version
-from tests.server.conftest import ServerProcess
+from tests.helpers.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def test_python_dash_m_server_reports_missing_repository() -> None:
 def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
     import signal
 
-    from tests.server.conftest import ServerProcess
+    from tests.helpers.server_process import ServerProcess
 
     proc = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "log")
     try:
