@@ -9,6 +9,7 @@ host's count.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -47,6 +48,21 @@ def choose_providers(device: str, available: list[str], gpu_device_id: int = 0) 
             "device=%s asked for but onnxruntime offers only %s; running on the CPU", device, available
         )
     return chosen or [CPU]
+
+
+@functools.cache
+def load_gpu_libraries() -> None:
+    """Preload CUDA and cuDNN from the nvidia-* wheels where they are installed (pip-only GPU hosts).
+
+    onnxruntime-gpu (1.21+) can load them itself with ``preload_dlls``; where the libraries come from the
+    system instead (the CUDA base image), this finds nothing and changes nothing. Once per process.
+    """
+    if CUDA not in ort.get_available_providers() or not hasattr(ort, "preload_dlls"):
+        return
+    try:
+        ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # a failed preload only means the system's libraries are used
+        log.info("onnxruntime.preload_dlls found no CUDA wheels to preload: %s", exc)
 
 
 def device_of(provider: str) -> str:
@@ -118,6 +134,8 @@ def make_session(
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    if device != "cpu":
+        load_gpu_libraries()
     providers = choose_providers(device, ort.get_available_providers(), gpu_device_id)
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, sess_options=opts, providers=providers)
