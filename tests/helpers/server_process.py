@@ -25,7 +25,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        # Keep an inherited PYTHONPATH (the GPU check installs packages into a folder named there).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "PYTHONPATH": path, **env}
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(self.port)],
