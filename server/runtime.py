@@ -9,6 +9,7 @@ host's count.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
@@ -39,7 +40,11 @@ def choose_providers(device: str, available: list[str], gpu_device_id: int = 0) 
     for name in _WANTED[device]:
         if name not in available:
             continue
-        if name in (TRT, CUDA):
+        if name == CUDA:
+            # TF32 matmuls (onnxruntime's default on Ampere and later) move probabilities by ~5e-5;
+            # an ensemble served for its calibrated probabilities keeps full FP32, like the CPU.
+            chosen.append((name, {"device_id": gpu_device_id, "use_tf32": 0}))
+        elif name == TRT:
             chosen.append((name, {"device_id": gpu_device_id}))
         else:
             chosen.append(name)
@@ -63,6 +68,30 @@ def load_gpu_libraries() -> None:
         ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
     except Exception as exc:  # a failed preload only means the system's libraries are used
         log.info("onnxruntime.preload_dlls found no CUDA wheels to preload: %s", exc)
+
+
+@functools.cache
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's own library loads: onnxruntime-gpu lists its TensorRT provider regardless."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def loadable_providers(available: list[str]) -> list[str]:
+    """The available providers less TensorRT where its libraries are missing.
+
+    Left in, onnxruntime would fail over on its own, to CUDA with default options (TF32 on, device 0),
+    dropping ours; so decide here, and say so once in the log.
+    """
+    if TRT in available and not tensorrt_loadable():
+        log.info("TensorRT libraries (libnvinfer) not found: not offering TensorrtExecutionProvider")
+        return [p for p in available if p != TRT]
+    return available
 
 
 def device_of(provider: str) -> str:
@@ -136,7 +165,7 @@ def make_session(
     opts.log_severity_level = 3
     if device != "cpu":
         load_gpu_libraries()
-    providers = choose_providers(device, ort.get_available_providers(), gpu_device_id)
+    providers = choose_providers(device, loadable_providers(ort.get_available_providers()), gpu_device_id)
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     running = session.get_providers()[0]

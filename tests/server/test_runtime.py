@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from server.runtime import (
     CPU,
@@ -17,11 +18,11 @@ from tests.helpers.onnx_repo import write_version
 def test_auto_prefers_tensorrt_then_cuda_then_cpu_with_device_id() -> None:
     assert choose_providers("auto", [TRT, CUDA, CPU], 1) == [
         (TRT, {"device_id": 1}),
-        (CUDA, {"device_id": 1}),
+        (CUDA, {"device_id": 1, "use_tf32": 0}),
         CPU,
     ]
-    assert choose_providers("auto", [CUDA, CPU]) == [(CUDA, {"device_id": 0}), CPU]
-    assert choose_providers("cuda", [TRT, CUDA, CPU]) == [(CUDA, {"device_id": 0}), CPU]
+    assert choose_providers("auto", [CUDA, CPU]) == [(CUDA, {"device_id": 0, "use_tf32": 0}), CPU]
+    assert choose_providers("cuda", [TRT, CUDA, CPU]) == [(CUDA, {"device_id": 0, "use_tf32": 0}), CPU]
     assert choose_providers("cpu", [TRT, CUDA, CPU]) == [CPU]
 
 
@@ -44,3 +45,12 @@ def test_session_reports_the_provider_that_runs(tmp_path: Path) -> None:
     assert info.device == "cpu"
     out = session.run(None, {"input": np.zeros((2, 4), np.float32)})[0]
     assert out.shape == (2, 3)
+
+
+def test_tensorrt_is_offered_only_where_its_libraries_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.runtime as runtime
+
+    monkeypatch.setattr(runtime, "tensorrt_loadable", lambda: False)
+    assert runtime.loadable_providers([TRT, CUDA, CPU]) == [CUDA, CPU]
+    monkeypatch.setattr(runtime, "tensorrt_loadable", lambda: True)
+    assert runtime.loadable_providers([TRT, CUDA, CPU]) == [TRT, CUDA, CPU]
