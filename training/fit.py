@@ -132,7 +132,8 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
     perm = torch.randperm(n, generator=generator)
     parts = list(perm.split(batch_size))
     if len(parts) > 1 and len(parts[-1]) < 2:
-        parts[-2] = torch.cat([parts[-2], parts.pop()])
+        tail = parts.pop()
+        parts[-1] = torch.cat([parts[-1], tail])
     yield from parts
 
 
