@@ -58,7 +58,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--test-fraction", type=_fraction, default=0.15)
     m = parser.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=_DEFAULTS.arch)
-    m.add_argument("--width", type=int, help="MLP hidden units / CNN first-stage channels (default 256 / 32)")
+    m.add_argument("--width", type=int, help="MLP hidden units / CNN first-stage channels (default 512 / 32)")
     m.add_argument("--depth", type=int, help="MLP hidden layers / CNN stages (default 2 / 2)")
     m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout)
     m.add_argument(

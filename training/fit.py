@@ -25,12 +25,12 @@ EVAL_BATCH = 4096
 @dataclass
 class FitConfig:
     arch: str = "mlp"
-    epochs: int = 40
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 128
     lr: float = 3e-3  # the peak rate for onecycle/cyclic, the starting rate otherwise
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | sgd (momentum 0.9)
     weight_decay: float = 0.0  # L2 penalty (adam, sgd) or decoupled decay (adamw)
-    dropout: float = 0.2
+    dropout: float = 0.5
     width: int | None = None  # None: the arch's default (models.DEFAULT_WIDTH)
     depth: int | None = None
     bn_position: str = "before"

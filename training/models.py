@@ -16,7 +16,7 @@ from torch import nn
 ARCHS = ("mlp", "cnn")
 BN_POSITIONS = ("before", "after")
 # Per-architecture defaults (width: MLP hidden units / CNN first-stage channels; depth: layers / stages).
-DEFAULT_WIDTH = {"mlp": 256, "cnn": 32}
+DEFAULT_WIDTH = {"mlp": 512, "cnn": 32}
 DEFAULT_DEPTH = {"mlp": 2, "cnn": 2}
 
 

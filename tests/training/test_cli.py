@@ -83,7 +83,7 @@ def _bad_files(tmp_path: Path) -> dict[str, list[str]]:
         "text feature": ["--data", str(tmp_path / "text.csv"), "--target", "y"],
         "nan": ["--data", str(tmp_path / "nan.csv"), "--target", "y"],
         "single class": ["--data", str(tmp_path / "one.csv"), "--target", "y"],
-        "tiny class": ["--data", str(tmp_path / "tiny.csv"), "--target", "y"],
+        "tiny class": ["--data", str(tmp_path / "tiny.csv"), "--target", "y", "--task", "classification"],
         "cnn without shape": ["--data", str(tmp_path / "nan.csv"), "--target", "a", "--arch", "cnn"],
         "bad flag value": ["--epochs", "many"],
         "bad lr": ["--lr", "fast"],
