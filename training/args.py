@@ -38,6 +38,26 @@ def _lr(text: str) -> float | str:
     return value
 
 
+def _param(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key.isidentifier():
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER like t0=10, got {text!r}") from None
+
+
+def _param(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key.isidentifier():
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER like t0=10, got {text!r}") from None
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -82,6 +102,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--schedule", choices=SCHEDULE_NAMES, default=_DEFAULTS.schedule)
     o.add_argument(
+        "--schedule-param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="schedule parameter, repeatable: step_size, gamma (step); min_lr (cosine); t0, t_mult "
+        "(restarts); min_lr, step_size (cyclic); pct_start, div, final_div (onecycle); factor, patience, "
+        "min_lr (plateau)",
+    )
+    o.add_argument(
         "--patience", type=int, default=_DEFAULTS.patience, help="early stopping patience (epochs)"
     )
     o.add_argument("--seed", type=int, default=_DEFAULTS.seed)
@@ -122,6 +152,7 @@ def config_from_args(args: argparse.Namespace, lr: float | None = None) -> FitCo
         depth=args.depth,
         bn_position=args.bn_position,
         schedule=args.schedule,
+        schedule_params=dict(args.schedule_param),
         patience=args.patience,
         seed=args.seed,
         device=args.device,

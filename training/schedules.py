@@ -115,9 +115,12 @@ class LRSchedule:
         if name not in SCHEDULE_NAMES:
             raise ValueError(f"unknown schedule {name!r}: use one of {', '.join(SCHEDULE_NAMES)}")
         self.optimizer, self.name, self.lr, self.total, self.params = optimizer, name, lr, total, params
-        self.plateau = Plateau(lr, **params) if name == "plateau" else None
-        if name != "plateau":
-            SCHEDULES[name](0.0, lr, total, **params)  # fail early on a bad parameter name
+        try:  # fail early, with a clear message, on a parameter the schedule does not take
+            self.plateau = Plateau(lr, **params) if name == "plateau" else None
+            if name != "plateau":
+                SCHEDULES[name](0.0, lr, total, **params)
+        except TypeError as e:
+            raise ValueError(f"bad parameter for schedule {name!r}: {e}") from None
 
     def rate(self, t: float) -> float:
         if self.plateau is not None:

@@ -88,6 +88,8 @@ def _bad_files(tmp_path: Path) -> dict[str, list[str]]:
         "bad flag value": ["--epochs", "many"],
         "bad lr": ["--lr", "fast"],
         "unknown schedule": ["--schedule", "sawtooth"],
+        "bad schedule param": ["--schedule", "cosine", "--schedule-param", "gamma=2"],
+        "malformed schedule param": ["--schedule-param", "t0"],
     }
 
 
@@ -106,6 +108,8 @@ def _bad_files(tmp_path: Path) -> dict[str, list[str]]:
         "bad flag value",
         "bad lr",
         "unknown schedule",
+        "bad schedule param",
+        "malformed schedule param",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -86,5 +86,5 @@ def test_lr_schedule_plateau_and_bad_names() -> None:
     assert math.isclose(sched.at_step(2.0), 0.1)
     with pytest.raises(ValueError, match="unknown schedule"):
         LRSchedule(opt, "sawtooth", 1.0, 10, {})
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="bad parameter for schedule 'cosine'"):
         LRSchedule(opt, "cosine", 1.0, 10, {"gamma": 2})
