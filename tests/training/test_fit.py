@@ -21,7 +21,7 @@ def digits() -> tuple[Dataset, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _small(**kw: object) -> FitConfig:
-    base = {"epochs": 4, "width": 32, "batch_size": 64, "device": "cpu"}
+    base = {"epochs": 4, "width": 32, "batch_size": 64, "dropout": 0.1, "device": "cpu"}
     base.update(kw)
     return FitConfig(**base)  # type: ignore[arg-type]
 
