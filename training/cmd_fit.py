@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from training.args import add_common_args, apply_threads, config_from_args, load_from_args, split_from_args
 from training.data import Dataset
@@ -60,6 +61,17 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_lr(ds, args, train_idx, val_idx)
     result = fit(ds, train_idx, val_idx, config, progress=not args.quiet)
     test = evaluate(result.model, ds, test_idx)
+    # A plain dict (weights, config, best epoch and loss, history), as nanoGPT saves it.
+    torch.save(
+        {
+            **result.checkpoint(),
+            "labels": ds.labels,
+            "feature_names": ds.feature_names,
+            "feature_shape": ds.feature_shape,
+            "task": ds.task,
+        },
+        args.out / "checkpoint.pt",
+    )
     verdict = diagnose(result.history, baseline_loss(ds, train_idx))
     metric = metric_name(ds)
     metrics = write_report(

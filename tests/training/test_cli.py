@@ -30,7 +30,7 @@ def test_fit_on_digits_through_the_cli(tmp_path: Path) -> None:
     proc = _run("fit", "--data", "digits", "--epochs", "6", "--width", "64", "--quiet", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy:" in proc.stdout
-    for name in ("metrics.json", "history.csv", "curves.png", "report.md"):
+    for name in ("metrics.json", "history.csv", "curves.png", "report.md", "checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"test_accuracy", "test_loss", "best_epoch", "seconds"} <= set(metrics)
