@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from training.data import Dataset, standardization
-from training.models import build_model
-from training.schedules import LRSchedule
+from training.models import ARCHS, BN_POSITIONS, build_model
+from training.schedules import SCHEDULE_NAMES, LRSchedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 4096
@@ -47,6 +47,17 @@ class FitConfig:
             raise ValueError("epochs >= 1, batch_size >= 2, lr > 0 and weight_decay >= 0 are required")
         if self.patience < 1:
             raise ValueError("patience must be >= 1")
+        if (
+            self.arch not in ARCHS
+            or self.bn_position not in BN_POSITIONS
+            or self.schedule not in SCHEDULE_NAMES
+        ):
+            raise ValueError(
+                f"arch must be one of {ARCHS}, bn_position one of {BN_POSITIONS}, "
+                f"schedule one of {SCHEDULE_NAMES}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be in [0, 1)")
 
 
 @dataclass
@@ -195,7 +206,6 @@ def fit(
     X = torch.from_numpy(ds.X[train_idx]).to(device)
     y = torch.from_numpy(ds.y[train_idx]).to(device)
     generator = torch.Generator().manual_seed(config.seed)  # the shuffling order depends on the seed only
-    n_batches = max(len(train_idx) // config.batch_size, 1)
     metric = metric_name(ds)
 
     history: list[dict[str, float]] = []
@@ -209,8 +219,9 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         model.train()  # BatchNorm uses batch statistics, dropout is on
         lr = config.lr
-        for i, batch in enumerate(batches(len(train_idx), config.batch_size, generator)):
-            lr = schedule.at_step(epoch - 1 + min(i / n_batches, 1.0))
+        parts = list(batches(len(train_idx), config.batch_size, generator))
+        for i, batch in enumerate(parts):
+            lr = schedule.at_step(epoch - 1 + i / len(parts))  # fractional epoch: schedules move per step
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(X[batch]), y[batch])
             loss.backward()
