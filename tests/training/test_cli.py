@@ -132,6 +132,14 @@ def test_bad_data_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1
 
 
+def test_unwritable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["fit", "--epochs", "1", "--quiet", "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
 def test_commands_register_from_one_list() -> None:
     assert all(callable(getattr(m, "register", None)) for m in COMMANDS)
     with pytest.raises(SystemExit) as e:
