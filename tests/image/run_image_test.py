@@ -3,7 +3,7 @@
 Steps, each timed: (1) a Debian bookworm base image made locally with mmdebstrap (no registry is reachable
 here; the tarball is cached under .cache/image and imported once per storage), (2) `podman build` of the
 Dockerfile with the CPU onnxruntime, (3) a container serving a tiny ensemble read-only from /models:
-readiness, one V2 infer and one V1 predict checked against numpy, /metrics, the HEALTHCHECK command, the
+readiness on a read-only root filesystem, one V2 infer and one V1 predict checked against numpy, /metrics, the HEALTHCHECK command, the
 server not running as root, and a clean drain on `podman stop` (exit code 0).
 
 Podman runs as root inside a sandbox with no systemd: cgroupfs, file events, runc, and a private storage
@@ -267,6 +267,8 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
             "--name",
             container,
             *ULIMITS,
+            # As Kubernetes' readOnlyRootFilesystem: only /tmp (a tmpfs here, an emptyDir there) is writable.
+            "--read-only",
             "--publish",
             f"127.0.0.1:{port}:8000",
             "--volume",
