@@ -2,9 +2,10 @@
 
 Steps, each timed: (1) a Debian bookworm base image made locally with mmdebstrap (no registry is reachable
 here; the tarball is cached under .cache/image and imported once per storage), (2) `podman build` of the
-Dockerfile with the CPU onnxruntime, (3) a container serving a tiny ensemble read-only from /models:
-readiness on a read-only root filesystem, one V2 infer and one V1 predict checked against numpy, /metrics, the HEALTHCHECK command, the
-server not running as root, and a clean drain on `podman stop` (exit code 0).
+Dockerfile with the CPU onnxruntime, (3) a container on a read-only root filesystem serving a tiny
+ensemble read-only from /models: readiness, one V2 infer and one V1 predict checked against numpy,
+/metrics, the HEALTHCHECK command, the server not running as root, and a clean drain on `podman stop`
+(exit code 0).
 
 Podman runs as root inside a sandbox with no systemd: cgroupfs, file events, runc, and a private storage
 (overlay, else vfs) under .cache/image, set through CONTAINERS_CONF / CONTAINERS_STORAGE_CONF so that the
