@@ -6,7 +6,8 @@
 #   Other base:     --build-arg BASE_IMAGE=debian:bookworm-slim   (any glibc image with python3 or apt)
 #   Bake models in: --build-arg MODEL_REPOSITORY=model_repository (a folder inside the build context)
 #
-# onnxruntime-gpu 1.2x+ wheels on PyPI are built for CUDA 13 and cuDNN 9, hence this default base.
+# Current onnxruntime-gpu wheels on PyPI (1.31, 1.32) are built for CUDA 13 and cuDNN 9, hence this base;
+# CUDA 13 needs an NVIDIA driver of the R580 series or newer on the host.
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE_IMAGE} AS build
