@@ -45,8 +45,11 @@ IMAGE_TAG = "localhost/ensemble-serving:image-test"
 DEBIAN_MIRROR = os.environ.get("ENSEMBLE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # The sandbox's default hard limits are above what runc may set for the container; these are ample.
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = float(os.environ.get("ENSEMBLE_IMAGE_TEST_READY_TIMEOUT_S", "180"))
 STOP_TIMEOUT_S = 30
+PROBE_INSIDE = (
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=3)"
+)
 
 
 class StepFailed(RuntimeError):
@@ -202,6 +205,18 @@ def wait_ready(base: str, container: str, env: dict[str, str]) -> float:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
         time.sleep(0.5)
+    # Tell a server that never became ready from one that only binds the container's loopback.
+    inside = run(
+        ["podman", "exec", container, "python3", "-c", PROBE_INSIDE],
+        env,
+        check=False,
+        quiet=True,
+    )
+    if inside.returncode == 0:
+        raise StepFailed(
+            "the server is ready inside the container but not on the published port: it probably binds"
+            " 127.0.0.1; ENSEMBLE_HOST=0.0.0.0 (set by the image) must take effect"
+        )
     raise StepFailed(f"/v2/health/ready did not answer 200 within {READY_TIMEOUT_S:.0f} s")
 
 
@@ -312,8 +327,9 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
         if code.stdout.strip() != "0":
             logs = run(["podman", "logs", "--tail", "20", container], env, check=False, quiet=True)
             raise StepFailed(
-                f"after SIGTERM the server exited {code.stdout.strip()}, not 0 (a drain that did not finish"
-                f" within {STOP_TIMEOUT_S} s ends in SIGKILL, 137):\n{(logs.stdout + logs.stderr).strip()}"
+                f"after SIGTERM the server exited {code.stdout.strip()}, not 0 (137: a drain longer than"
+                f" {STOP_TIMEOUT_S} s ended in SIGKILL; 143: the process re-raised SIGTERM, as uvicorn does"
+                f" without a handler):\n{(logs.stdout + logs.stderr).strip()}"
             )
         log(f"podman stop: clean drain, exit code 0 in {figures['stop_s']:.1f} s")
     finally:
