@@ -71,3 +71,15 @@ def test_final_stage_has_no_build_tools_or_torch() -> None:
         assert forbidden not in final_text, forbidden
     env = " ".join(rest for keyword, rest in _final_stage() if keyword == "ENV")
     assert "ENSEMBLE_HOST=0.0.0.0" in env and "ENSEMBLE_MODEL_REPOSITORY=/models" in env
+
+
+def test_dockerignore_keeps_the_context_small_and_free_of_secrets() -> None:
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    # The virtualenv (torch alone is GBs), git history, caches (image storage) and training runs.
+    assert {".git", ".venv", ".cache", "runs", "training", "tests"} <= patterns
+    # What the build copies must stay in the context.
+    assert not patterns & {"server", "pyproject.toml", "README.md", "model_repository"}
