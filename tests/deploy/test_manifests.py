@@ -28,6 +28,7 @@ METRICS = {
     "ensemble_in_flight_requests",
     "ensemble_model_info",
     "ensemble_model_load_failures_total",
+    "ensemble_inferred_rows_total",
 }
 HISTOGRAMS = {
     "ensemble_request_duration_seconds",
@@ -115,7 +116,9 @@ def test_probes_use_the_v2_health_paths_on_the_served_port() -> None:
 def test_grace_period_outlasts_prestop_and_drain() -> None:
     deployment = _k8s_objects()["Deployment"]
     container = _container(deployment)
-    drain = float(_env(container)["ENSEMBLE_DRAIN_TIMEOUT_S"])
+    env = _env(container)
+    # uvicorn's graceful shutdown waits up to the request timeout + 1 s (server default 30 s) as well.
+    drain = max(float(env["ENSEMBLE_DRAIN_TIMEOUT_S"]), float(env.get("ENSEMBLE_REQUEST_TIMEOUT_S", 30)) + 1)
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     prestop = float(command[-1]) if command[0] == "sleep" else 0.0
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
