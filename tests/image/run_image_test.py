@@ -94,7 +94,8 @@ def run(
 
 def choose_storage() -> dict[str, str]:
     """overlay is much faster than vfs for builds; fall back to vfs where overlay mounts are refused."""
-    for driver in ("overlay", "vfs"):
+    forced = os.environ.get("ENSEMBLE_IMAGE_TEST_STORAGE_DRIVER")
+    for driver in [forced] if forced else ["overlay", "vfs"]:
         env = podman_env(driver)
         probe = subprocess.run(["podman", "info"], env=env, capture_output=True, text=True, timeout=120)
         if probe.returncode == 0:
