@@ -17,17 +17,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import __version__
+from server import __version__, triton_config
 from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
 from server.manifest import NAME_RE
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import v1, v2
+from server.protocol.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
 from server.protocol.common import DUMPS_OPTIONS, parse_json_object
 from server.repository import LoadedModel, ModelRegistry
 from server.settings import Settings
 
 log = logging.getLogger("server")
 SERVER_NAME = "ensemble-serving"
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 
 
 def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -72,8 +74,10 @@ class Handlers:
 
     def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
-        # Extensions really implemented; others (binary_tensor_data, model_configuration) add themselves.
-        self.extensions: list[str] = ["model_repository"] if settings.admin_token else []
+        # Extensions really implemented; model_repository only when its (token-guarded) endpoints are on.
+        self.extensions: list[str] = ["binary_tensor_data", "model_configuration", "statistics"]
+        if settings.admin_token:
+            self.extensions.append("model_repository")
 
     def lookup(self, name: str, version: str | None) -> LoadedModel:
         return self.registry.get(_model_name(name), _version(version) if version is not None else None)
@@ -99,6 +103,27 @@ class Handlers:
         }
         return v2.model_metadata(lm.manifest, self.registry.versions_of(lm.name), extra)
 
+    def statistics(self, models: list[LoadedModel]) -> dict[str, Any]:
+        """Triton's statistics extension for `models`, sorted by name and version."""
+        ordered = sorted(models, key=lambda lm: (lm.name, lm.version))
+        return {"model_stats": [self.metrics.stats.model_stats(lm.name, str(lm.version)) for lm in ordered]}
+
+    def model_config(self, lm: LoadedModel) -> dict[str, Any]:
+        """Triton's model configuration with the settings and the provider that really run."""
+        s, e = self.settings, lm.ensemble
+        return triton_config.model_config(
+            lm.manifest,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_us=round(s.max_queue_delay_ms * 1000),
+            instance_kind="KIND_GPU" if e.info.provider in GPU_PROVIDERS else "KIND_CPU",
+            version_policy=s.version_policy,
+            parameters={
+                "provider": e.info.provider,
+                "device": e.info.device,
+                "member_execution": e.execution,
+            },
+        )
+
     async def infer(self, request: Request, name: str, version: str | None, protocol: str) -> Response:
         """Shared by V2 and V1: body -> rows -> batcher -> response; records the request's metrics."""
         start = time.perf_counter()
@@ -121,17 +146,21 @@ class Handlers:
         finally:
             in_flight.dec()
             self.metrics.requests.labels(*labels, protocol, outcome).inc()
-            self.metrics.request_duration.labels(*labels, protocol).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.request_duration.labels(*labels, protocol).observe(elapsed)
+            self.metrics.stats.record_request(*labels, outcome == "ok", elapsed)
 
     async def _infer_v2(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
-        # Triton's binary tensor extension plugs in here: when Inference-Header-Content-Length is set,
-        # split the body with server.protocol.binary and pass the raw buffers to decode_infer_request.
-        if request.headers.get("inference-header-content-length") is not None:
-            raise BadRequest("Binary tensor data is not supported by this server build.")
-        req = v2.decode_infer_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
+        # JSON, or Triton's binary tensor extension when Inference-Header-Content-Length is set.
+        header_length = request.headers.get(HEADER_LENGTH_HEADER)
+        req = v2.decode_infer_request(body, header_length, lm.manifest, self.settings.allow_nonfinite)
         assert lm.batcher is not None  # every model in the registry has one
         results = await lm.batcher.submit(req.x, deadline)
-        return json_response(v2.encode_infer_response(lm.manifest, lm.version, req, results))
+        out, out_header_length = v2.encode_response(lm.manifest, lm.version, req, results)
+        if out_header_length is None:
+            return Response(out, 200, media_type=JSON_CONTENT_TYPE)
+        headers = {HEADER_LENGTH_HEADER: str(out_header_length)}
+        return Response(out, 200, headers, media_type=BINARY_CONTENT_TYPE)
 
     async def _predict_v1(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
         x = v1.decode_predict_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
@@ -221,6 +250,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         return json_response({"ready": False, "loading": not registry.loaded_once, "models": not_ready}, 503)
 
     # ---------------------------------------------------------------- V2 models
+    # Before /v2/models/{name}, which would otherwise take "stats" for a model name.
+    @app.get("/v2/models/stats", tags=["v2"])
+    async def all_stats() -> Response:
+        return json_response(h.statistics(list(registry.models.values())))
+
     @app.get("/v2/models/{name}", tags=["v2"])
     async def model_metadata(name: str) -> Response:
         return json_response(h.model_metadata(h.lookup(name, None)))
@@ -238,6 +272,23 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def model_version_ready(name: str, version: str) -> Response:
         lm = h.lookup(name, version)
         return json_response({"name": lm.name, "version": str(lm.version), "ready": True})
+
+    @app.get("/v2/models/{name}/config", tags=["v2"])
+    async def model_config(name: str) -> Response:
+        return json_response(h.model_config(h.lookup(name, None)))
+
+    @app.get("/v2/models/{name}/versions/{version}/config", tags=["v2"])
+    async def model_version_config(name: str, version: str) -> Response:
+        return json_response(h.model_config(h.lookup(name, version)))
+
+    @app.get("/v2/models/{name}/stats", tags=["v2"])
+    async def model_stats(name: str) -> Response:
+        h.lookup(name, None)  # 404 / 503 as for any other model route
+        return json_response(h.statistics([lm for lm in registry.models.values() if lm.name == name]))
+
+    @app.get("/v2/models/{name}/versions/{version}/stats", tags=["v2"])
+    async def model_version_stats(name: str, version: str) -> Response:
+        return json_response(h.statistics([h.lookup(name, version)]))
 
     @app.post("/v2/models/{name}/infer", tags=["v2"])
     async def infer(name: str, request: Request) -> Response:

@@ -156,7 +156,9 @@ class Batcher:
             return
         if self.metrics:
             m, lab = self.metrics, self.labels
-            m.compute_duration.labels(*lab).observe(time.perf_counter() - start)
+            compute_s = time.perf_counter() - start
+            m.compute_duration.labels(*lab).observe(compute_s)
+            m.stats.record_batch(*lab, (start - i.enqueued for i in batch), compute_s, rows)
             m.batch_size.labels(*lab).observe(rows)
             m.inferred_rows.labels(*lab).inc(rows)
             for item in batch:

@@ -12,6 +12,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from server.stats import Statistics
+
 # From 100 µs to 10 s: single-row CPU inference sits well under a millisecond, timeouts at seconds.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -61,6 +63,9 @@ class Metrics:
         self.load_failures = Counter(
             "ensemble_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
         )
+
+        # Triton's statistics extension (exact nanosecond sums), fed by the same call sites.
+        self.stats = Statistics()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

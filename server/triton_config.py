@@ -62,12 +62,13 @@ def model_config(
     preferred_batch_sizes: Sequence[int] | None = None,
     instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int = 1,
-    versions: Iterable[int] | None = None,
+    version_policy: str = "latest",
     parameters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Triton's JSON model configuration for one served model.
 
-    `versions` lists the versions being served (``version_policy.specific``); None says the latest one.
+    `version_policy` is the server's setting: ``latest``, ``all`` or a comma-separated list of versions
+    (Triton's ``latest``, ``all`` and ``specific`` policies).
     `parameters` (e.g. the execution provider that actually runs) join the ensemble's own facts in
     ``parameters`` as ``{"string_value": ...}``, Triton's form for free-form model parameters.
     """
@@ -89,10 +90,13 @@ def model_config(
     instance_group: dict[str, Any] = {"name": manifest.name, "kind": instance_kind, "count": instance_count}
     if instance_kind == "KIND_GPU":
         instance_group["gpus"] = [0]
-    if versions is None:
-        version_policy: dict[str, Any] = {"latest": {"num_versions": 1}}
+    policy: dict[str, Any]
+    if version_policy == "latest":
+        policy = {"latest": {"num_versions": 1}}
+    elif version_policy == "all":
+        policy = {"all": {}}
     else:
-        version_policy = {"specific": {"versions": sorted({int(v) for v in versions})}}
+        policy = {"specific": {"versions": sorted({int(v) for v in version_policy.split(",")})}}
 
     facts = {
         "task": manifest.task,
@@ -109,7 +113,7 @@ def model_config(
         "name": manifest.name,
         "platform": PLATFORM,
         "backend": BACKEND,
-        "version_policy": version_policy,
+        "version_policy": policy,
         "max_batch_size": max_batch_size,
         "input": [_config_tensor(spec) for spec in manifest.inputs],
         "output": [_config_tensor(spec) for spec in manifest.outputs],

@@ -6,29 +6,29 @@ import numpy as np
 
 from server.manifest import InputSpec
 from server.protocol.binary import InferRequest, ProtocolError
+from server.protocol.common import check_features
+
+# Numeric datatypes a client may send; all are cast to the model's FP32 (JSON integers were already
+# checked to be whole and in range by the parser). BOOL and BYTES are not features.
+CASTABLE = frozenset({"FP32", "FP64", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT8", "UINT16", "UINT32"})
 
 
-def model_input(request: InferRequest, spec: InputSpec) -> np.ndarray:
-    """The ``[N, F]`` feature rows of `request` for a model whose input is `spec` (N >= 1, all finite).
+def model_input(request: InferRequest, spec: InputSpec, allow_nonfinite: bool) -> np.ndarray:
+    """The ``[N, F]`` FP32 rows of `request` for a model whose input is `spec` (N >= 1).
 
-    Raises ProtocolError (a 400) for an unknown or missing input, another datatype, a shape other than
-    ``[N, F]``, or NaN/infinite features (binary data can carry them, and a model would only turn them
-    into NaN predictions)."""
+    Raises ProtocolError for an unknown or missing input or a datatype that is not a number, and
+    BadRequest (both are 400s) for a shape other than ``[N, F]``, no rows, or NaN/infinite features unless
+    `allow_nonfinite` (binary data can carry them; so can an FP64 value too large for FP32). An FP32
+    binary input stays a zero-copy view of the body."""
     names = [tensor.name for tensor in request.inputs]
     if names != [spec.name]:
         unknown = [name for name in names if name != spec.name]
         what = f"unknown input '{unknown[0]}'" if unknown else f"no input '{spec.name}'"
         raise ProtocolError(f"The request has {what}; this model takes exactly one input, '{spec.name}'.")
     tensor = request.inputs[0]
-    if tensor.datatype != spec.datatype:
-        raise ProtocolError(f"Input '{spec.name}' must be {spec.datatype}, not {tensor.datatype}.")
-    n_features = spec.shape[1]
-    if len(tensor.shape) != 2 or tensor.shape[1] != n_features:
+    if tensor.datatype not in CASTABLE:
         raise ProtocolError(
-            f"Input '{spec.name}' must have shape [N, {n_features}], got {list(tensor.shape)}."
+            f"Input '{spec.name}' is {tensor.datatype}; send {spec.datatype} (or another numeric type, "
+            f"which is cast to {spec.datatype})."
         )
-    if tensor.shape[0] == 0:
-        raise ProtocolError(f"Input '{spec.name}' must have at least one row.")
-    if tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
-        raise ProtocolError(f"Input '{spec.name}' has NaN or infinite values.")
-    return tensor.data
+    return check_features(tensor.data, spec.shape[1], allow_nonfinite)

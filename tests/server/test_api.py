@@ -19,7 +19,13 @@ def v2_body(rows: list[list[float]], **extra: object) -> dict:
 def test_server_metadata_lists_only_implemented_extensions(server: ServerProcess) -> None:
     body = server.client.get("/v2").json()
     assert body["name"] == "ensemble-serving"
-    assert body["extensions"] == ["model_repository"]  # admin token set; nothing else implemented here
+    # model_repository because the admin token is set.
+    assert body["extensions"] == [
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    ]
     assert body["providers"] == ["CPUExecutionProvider"]
     assert server.client.get("/v2/health/live").json() == {"live": True}
 
@@ -84,7 +90,7 @@ def test_explicit_version_is_served(server: ServerProcess) -> None:
 @pytest.mark.parametrize(
     ("path", "content", "status", "message"),
     [
-        ("/v2/models/iris/infer", b"not json", 400, "not valid JSON"),
+        ("/v2/models/iris/infer", b"not json", 400, "not valid UTF-8 JSON"),
         ("/v2/models/iris/infer", b'{"inputs": "\xff"}', 400, "UTF-8"),
         ("/v2/models/iris/infer", b"", 400, "empty"),
         (

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from server.errors import BadRequest
 from server.manifest import InputSpec
 from server.protocol.binary import ProtocolError, parse_infer_request
 from server.protocol.model_input import model_input
@@ -25,9 +26,15 @@ def _tensor(**over: Any) -> dict[str, Any]:
 
 
 def test_rows_come_back_with_their_shape_and_dtype() -> None:
-    rows = model_input(_request(_tensor()), SPEC)
+    rows = model_input(_request(_tensor()), SPEC, False)
     assert rows.dtype == np.float32
     assert rows.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "FP16", "INT64", "INT8", "UINT8"])
+def test_numeric_datatypes_are_cast_to_fp32(datatype: str) -> None:
+    rows = model_input(_request(_tensor(datatype=datatype)), SPEC, False)
+    assert rows.dtype == np.float32 and rows.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
 @pytest.mark.parametrize(
@@ -35,18 +42,18 @@ def test_rows_come_back_with_their_shape_and_dtype() -> None:
     [
         ([_tensor(name="x")], "unknown input 'x'; this model takes exactly one input, 'input'"),
         ([_tensor(), _tensor(name="extra")], "unknown input 'extra'"),
-        ([_tensor(datatype="FP64")], "must be FP32, not FP64"),
-        ([_tensor(shape=[3, 2])], "must have shape \\[N, 3\\], got \\[3, 2\\]"),
-        ([_tensor(shape=[6])], "must have shape \\[N, 3\\], got \\[6\\]"),
-        ([_tensor(shape=[0, 3], data=[])], "at least one row"),
+        ([_tensor(datatype="BOOL", data=[True] * 6)], "is BOOL; send FP32"),
+        ([_tensor(shape=[3, 2])], "must have 3 features; got 2"),
+        ([_tensor(shape=[6])], "must be 2-D"),
+        ([_tensor(shape=[0, 3], data=[])], "no rows"),
     ],
 )
 def test_mismatches_are_refused(tensors: list[dict[str, Any]], message: str) -> None:
-    with pytest.raises(ProtocolError, match=message):
-        model_input(_request(*tensors), SPEC)
+    with pytest.raises((ProtocolError, BadRequest), match=message):
+        model_input(_request(*tensors), SPEC, False)
 
 
-def test_binary_nan_is_refused() -> None:
+def test_binary_nan_is_refused_unless_allowed() -> None:
     raw = np.array([[1, np.nan, 3]], dtype="<f4").tobytes()
     binary = {
         "name": "input",
@@ -54,5 +61,6 @@ def test_binary_nan_is_refused() -> None:
         "shape": [1, 3],
         "parameters": {"binary_data_size": len(raw)},
     }
-    with pytest.raises(ProtocolError, match="NaN or infinite"):
-        model_input(_request(binary, tail=raw), SPEC)
+    with pytest.raises(BadRequest, match="NaN or infinite"):
+        model_input(_request(binary, tail=raw), SPEC, False)
+    assert np.isnan(model_input(_request(binary, tail=raw), SPEC, True)[0, 1])

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import orjson
 import pytest
@@ -25,73 +27,112 @@ MANIFEST = Manifest.model_validate(
 def tensor(**over: object) -> dict:
     base = {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
     base.update(over)
-    return {"inputs": [base]}
+    return {"inputs": [{k: v for k, v in base.items() if v is not None}]}
+
+
+def decode(body: dict, allow_nonfinite: bool = False, tail: bytes = b"") -> v2.DecodedRequest:
+    header = json.dumps(body).encode()  # the stdlib writes integers beyond 64 bits too
+    return v2.decode_infer_request(
+        header + tail, str(len(header)) if tail else None, MANIFEST, allow_nonfinite
+    )
 
 
 def test_flat_and_nested_data_give_the_same_rows() -> None:
-    flat = v2.decode_infer_request(tensor(), MANIFEST, False)
-    nested = v2.decode_infer_request(tensor(data=[[1, 2], [3, 4]]), MANIFEST, False)
+    flat = decode(tensor())
+    nested = decode(tensor(data=[[1, 2], [3, 4]]))
     np.testing.assert_array_equal(flat.x, nested.x)
     assert flat.x.dtype == np.float32 and flat.x.shape == (2, 2)
-    assert flat.outputs == ["probabilities", "label", "spread"]
+    assert flat.outputs == ["probabilities", "label", "spread"] and flat.binary == set()
 
 
 def test_integer_and_double_datatypes_are_cast() -> None:
-    assert v2.decode_infer_request(tensor(datatype="INT64"), MANIFEST, False).x.dtype == np.float32
-    assert v2.decode_infer_request(tensor(datatype="FP64"), MANIFEST, False).x[1, 1] == 4
+    assert decode(tensor(datatype="INT64")).x.dtype == np.float32
+    assert decode(tensor(datatype="FP64")).x[1, 1] == 4
+    raw = np.array([[1, 2], [3, 4]], dtype="<f8").tobytes()
+    binary = decode(tensor(data=None, datatype="FP64", parameters={"binary_data_size": 32}), tail=raw)
+    assert binary.x.dtype == np.float32 and binary.x.tolist() == [[1, 2], [3, 4]]
 
 
-def test_binary_input_buffers_are_read_in_order() -> None:
+def test_binary_fp32_input_is_a_view_of_the_body() -> None:
     raw = np.array([[1, 2], [3, 4]], dtype="<f4").tobytes()
-    req = v2.decode_infer_request(
-        tensor(data=None, parameters={"binary_data_size": len(raw)}), MANIFEST, False, raw=[raw]
-    )
+    req = decode(tensor(data=None, parameters={"binary_data_size": len(raw)}), tail=raw)
     np.testing.assert_array_equal(req.x, [[1, 2], [3, 4]])
+    assert not req.x.flags.owndata
+
+
+def test_binary_outputs_follow_the_request() -> None:
+    body = {
+        **tensor(),
+        "outputs": [{"name": "label", "parameters": {"binary_data": True}}, {"name": "spread"}],
+    }
+    assert decode(body).binary == {"label"}
+    assert decode({**tensor(), "parameters": {"binary_data_output": True}}).binary == {
+        "probabilities",
+        "label",
+        "spread",
+    }
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"inputs": []}, "exactly one input"),
-        (tensor(name="x"), "Unknown input 'x'"),
-        (tensor(datatype="BYTES"), "datatype must be one of"),
-        (tensor(shape=[3, 2]), "has 4 values but its shape"),
-        (tensor(shape="2x2"), "list of integers"),
+        ({"inputs": []}, "non-empty 'inputs'"),
+        (tensor(name="x"), "unknown input 'x'"),
+        (tensor(datatype="BYTES"), "BYTES, which this server does not support"),
+        (tensor(datatype="BOOL", data=[True, False, True, True]), "is BOOL; send FP32"),
+        (tensor(shape=[3, 2]), "has 4 values in 'data' but shape"),
+        (tensor(shape="2x2"), "array of integers"),
         (tensor(shape=[1, 4]), "must have 2 features; got 4"),
         (tensor(shape=[4]), "must be 2-D"),
-        (tensor(data=[[1, 2], [3]]), "rows of equal length"),
-        (tensor(data=["a", 2, 3, 4]), "numbers"),
-        (tensor(datatype="INT32", data=[1.5, 2, 3, 4]), "fractional"),
-        (tensor(data=[1e300, 2, 3, 4]), "NaN or infinite"),
+        (tensor(data=[[1, 2], [3]]), "ragged"),
+        (tensor(data=["a", 2, 3, 4]), "not numbers"),
+        (tensor(datatype="INT32", data=[1.5, 2, 3, 4]), "must hold integers"),
+        (tensor(data=[1e300, 2, 3, 4]), "outside the range of FP32"),
+        (tensor(datatype="FP64", data=[1e300, 2, 3, 4]), "NaN or infinite"),
         (tensor(shape=[0, 2], data=[]), "no rows"),
         ({**tensor(), "outputs": [{"name": "nope"}]}, "Unknown output 'nope'"),
-        ({**tensor(), "outputs": "label"}, "'outputs' must be a list"),
+        ({**tensor(), "outputs": "label"}, "'outputs' must be an array"),
         ({**tensor(), "id": 5}, "'id' must be a string"),
-        (tensor(data=None, parameters={"binary_data_size": 16}), "no binary data follows"),
+        (tensor(data=None, parameters={"binary_data_size": 16}), "no Inference-Header-Content-Length"),
     ],
 )
 def test_bad_v2_requests_are_refused_with_a_reason(body: dict, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
-        v2.decode_infer_request(body, MANIFEST, False)
+        decode(body)
 
 
 def test_nonfinite_allowed_when_configured() -> None:
-    x = v2.decode_infer_request(tensor(data=[1e300, 2, 3, 4]), MANIFEST, True).x
-    assert np.isinf(x[0, 0])
+    raw = np.array([[np.nan, 2], [np.inf, 4]], dtype="<f4").tobytes()
+    body = tensor(data=None, parameters={"binary_data_size": len(raw)})
+    with pytest.raises(BadRequest, match="NaN or infinite"):
+        decode(body, tail=raw)
+    x = decode(body, allow_nonfinite=True, tail=raw).x
+    assert np.isnan(x[0, 0]) and np.isinf(x[1, 0])
+    assert np.isinf(decode(tensor(datatype="FP64", data=[1e300, 2, 3, 4]), allow_nonfinite=True).x[0, 0])
 
 
 def test_v2_response_selects_outputs_and_echoes_id() -> None:
-    req = v2.decode_infer_request({**tensor(), "id": "r1", "outputs": [{"name": "label"}]}, MANIFEST, False)
+    req = decode({**tensor(), "id": "r1", "outputs": [{"name": "label"}]})
     results = {
         "probabilities": np.full((2, 3), 1 / 3, np.float32),
         "label": np.array([0, 2]),
         "spread": np.zeros((2, 3), np.float32),
     }
-    body = orjson.loads(
-        orjson.dumps(v2.encode_infer_response(MANIFEST, 1, req, results), option=orjson.OPT_SERIALIZE_NUMPY)
-    )
+    raw, header_length = v2.encode_response(MANIFEST, 1, req, results)
+    assert header_length is None
+    body = orjson.loads(raw)
     assert body["id"] == "r1" and body["model_version"] == "1"
     assert body["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 2]}]
+
+
+def test_v2_binary_response_carries_the_raw_bytes() -> None:
+    req = decode({**tensor(), "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
+    probs = np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]], np.float32)
+    raw, header_length = v2.encode_response(MANIFEST, 1, req, {"probabilities": probs})
+    assert header_length is not None
+    header = orjson.loads(raw[:header_length])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": probs.nbytes}
+    np.testing.assert_array_equal(np.frombuffer(raw[header_length:], "<f4").reshape(2, 3), probs)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +191,7 @@ def test_any_json_gives_rows_or_bad_request(
 ) -> None:
     body = {"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}], **extra}
     try:
-        req = v2.decode_infer_request(body, MANIFEST, False)
+        req = decode(body)
     except BadRequest:
         return
     assert req.x.dtype == np.float32 and req.x.ndim == 2 and req.x.shape[1] == 2 and np.isfinite(req.x).all()

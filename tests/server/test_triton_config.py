@@ -78,7 +78,7 @@ def test_classification_config_fields() -> None:
         max_queue_delay_us=500,
         preferred_batch_sizes=[16, 8, 16],
         instance_kind="KIND_GPU",
-        versions=[2, 1],
+        version_policy="2,1",
         parameters={"execution_provider": "CUDAExecutionProvider"},
     )
     assert config["name"] == "digits"
@@ -114,6 +114,9 @@ def test_regression_config_defaults() -> None:
     assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
     assert config["instance_group"] == [{"name": "houses", "kind": "KIND_CPU", "count": 1}]
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert model_config(MANIFESTS[1], max_batch_size=8, max_queue_delay_us=0, version_policy="all")[
+        "version_policy"
+    ] == {"all": {}}
     assert "labels" not in config["parameters"]
 
 
@@ -167,7 +170,11 @@ def test_config_is_a_valid_triton_model_config(manifest: Manifest) -> None:
 
     pb2 = _model_config_pb2()
     config = model_config(
-        manifest, max_batch_size=16, max_queue_delay_us=100, preferred_batch_sizes=[4, 16], versions=[1, 2]
+        manifest,
+        max_batch_size=16,
+        max_queue_delay_us=100,
+        preferred_batch_sizes=[4, 16],
+        version_policy="1,2",
     )
     # Unknown field names or enum values raise here: the JSON is Triton's ModelConfig, field for field.
     message = json_format.ParseDict(orjson.loads(orjson.dumps(config)), pb2.ModelConfig())
