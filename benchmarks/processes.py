@@ -91,6 +91,30 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of a process (all its threads), in clock ticks, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+
+
+def wait_idle(pid: int, timeout_s: float = 5.0, window_s: float = 0.2) -> float:
+    """Wait until the process burns (almost) no CPU for `window_s`: a slow server keeps working through
+    its backlog after the load generator stops, and that must not eat into the next system's cell.
+    Returns the seconds waited (bounded by `timeout_s`)."""
+    started = time.perf_counter()
+    last = cpu_ticks(pid)
+    while time.perf_counter() - started < timeout_s:
+        time.sleep(window_s)
+        now = cpu_ticks(pid)
+        if now is None or last is None or now - last <= 1:
+            break
+        last = now
+    return time.perf_counter() - started
+
+
 def stop(service: Service, grace_s: float = 5.0) -> None:
     """SIGTERM the process group, then SIGKILL what is left after `grace_s`."""
     if service.process.poll() is None:

@@ -21,6 +21,8 @@ TARGET_VS_ORT = 0.60  # 256-row V2 binary: share of onnxruntime's in-process row
 TARGET_P50_C1_MS = 2.0  # single-row, concurrency 1
 TARGET_READY_S = 3.0
 
+SELF_COMPARISONS = {("vs_asgi", "asgi"), ("vs_ort", "asgi"), ("vs_baseline", "baseline")}
+
 Cell = dict[str, Any]
 Key = tuple[str, str, int, int]  # system, protocol, rows, concurrency
 
@@ -56,7 +58,7 @@ def ort_medians(runs: list[Cell]) -> dict[tuple[str, int], float]:
 
 
 def ratios(key: Key, cells: dict[Key, Cell], ort: dict[tuple[str, int], float]) -> dict[str, float | None]:
-    """Our cell against the HTTP limit (same protocol, rows, concurrency), the baseline (same rows and
+    """A cell against the HTTP limit (same protocol, rows, concurrency), the baseline (same rows and
     concurrency: it speaks V1 only) and the compute limit (fused graph at the same batch size)."""
     _, protocol, rows, conc = key
     mine = cells.get(key, {}).get("rps")
@@ -144,6 +146,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {results['machine']}.",
         "",
+        f"Load average (1 min) at start and end: {results.get('load', '-')}: the cores are shared with"
+        " whatever else runs, which is why only ratios within one run count.",
+        "",
         f"Model: {results['model']}.",
         "",
         "Method: every system runs as one process on 127.0.0.1; the load generator is `wrk` (one thread,"
@@ -177,9 +182,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## HTTP: requests/s, rows/s and latency",
         "",
-        "vs ASGI: our req/s over the minimal ASGI app's (same protocol, rows, concurrency); vs baseline: over"
-        " the FastAPI baseline's (V1 body, same rows and concurrency); vs ORT: our rows/s over the fused"
-        " in-process rows/s at that batch size.",
+        "vs ASGI: the row's req/s over the minimal ASGI app's (same protocol, rows, concurrency); vs"
+        " baseline: over the FastAPI baseline's (V1 body, same rows and concurrency); vs ORT: the row's"
+        " rows/s over the fused in-process rows/s at that batch size.",
         "",
         "| system | protocol | rows | conc. | req/s | rows/s | p50 ms | p99 ms | errors"
         " | vs ASGI | vs baseline | vs ORT |",
@@ -189,7 +194,10 @@ def markdown(results: dict[str, Any]) -> str:
     for key in sorted(cells, key=lambda k: (k[2], order.get(k[0], 9), k[1], k[3])):
         system, protocol, rows, conc = key
         cell = cells[key]
-        r = ratios(key, cells, ort) if system == "ours" else {}
+        # Every system against the limits and the baseline; never against itself, and the ASGI app
+        # computes nothing, so its rows/s mean nothing against onnxruntime's.
+        r = ratios(key, cells, ort)
+        r = {k: v for k, v in r.items() if (k, system) not in SELF_COMPARISONS}
         if "rps" not in cell:
             lines.append(
                 f"| {SYSTEM_NAMES[system]} | {PROTOCOL_NAMES[protocol]} | {rows} | {conc} |"

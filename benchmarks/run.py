@@ -55,6 +55,10 @@ def machine_line() -> str:
     return f"{cpu}, {cores} usable cores, {python}, {', '.join(versions)}, {wrk}"
 
 
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def matrix(quick: bool) -> list[tuple[str, int, int, list[str]]]:
     """(protocol, rows, concurrency, systems) groups. The limits and the baseline only where they are
     compared: the ASGI ceiling for single-row requests; the baseline speaks V1 only."""
@@ -139,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--use-trained", action="store_true", help="serve model_repository/digits instead")
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk cell")
-    parser.add_argument("--repeats", type=int, default=2, help="times each cell runs (medians reported)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each wrk cell")
+    parser.add_argument("--repeats", type=int, default=3, help="times each cell runs (medians reported)")
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-seconds", type=float, default=90.0, help="bound on the soak's duration")
     parser.add_argument("--skip-training", action="store_true", help="do not time the training commands")
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else argv,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_line(),
+        "load": load_average(),
         "seconds": args.seconds,
         "repeats": args.repeats,
         "services": {},
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, service in services.items():
             path = payloads.url_path("v1", model)
             run_wrk(service.base_url + path, warm_payload[name], 16, 1)
+            processes.wait_idle(service.process.pid)
             results["services"][name]["rss_warm"] = processes.rss_bytes(service.process.pid)
 
         # The matrix, round-robin across systems within each group; order reversed on odd repeats.
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                         run["note"] = rejected[(system, protocol, rows)]
                         continue
                     result = run_wrk(service.base_url + path, payload, conc, args.seconds)
+                    run["settle_s"] = processes.wait_idle(service.process.pid)
                     run.update(
                         rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, errors=result.errors
                     )
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             {"command": "ensemble-train ...", "seconds": None, "outcome": "skipped (--skip-training)"}
         )
     results["training"] = training
+    results["load"] += f" / {load_average()}"
     shutil.rmtree(work, ignore_errors=True)
 
     (args.out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
