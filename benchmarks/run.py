@@ -104,9 +104,12 @@ def check_payload(service: processes.Service, path: str, payload: Payload) -> st
     return None if status == 200 else f"HTTP {status}: {body[:160].decode(errors='replace')}"
 
 
-def time_command(argv: list[str], timeout_s: float, cwd: Path) -> dict[str, Any]:
+def time_command(argv: list[str], timeout_s: float, cwd: Path, shown: str) -> dict[str, Any]:
     """Run a training command, bounded; a failure is recorded as a skip with its reason, never raised."""
-    shown = "ensemble-train " + " ".join(argv[3:])
+    missing = module_in_checkout("training.__main__")
+    if missing:
+        print(f"  note: `{shown}` skipped: {missing}", flush=True)
+        return {"command": shown, "seconds": None, "outcome": f"skipped: {missing}"}
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     started = time.perf_counter()
     try:
@@ -123,9 +126,16 @@ def time_command(argv: list[str], timeout_s: float, cwd: Path) -> dict[str, Any]
     return {"command": shown, "seconds": seconds, "outcome": "ok"}
 
 
-def server_importable() -> str | None:
+def module_in_checkout(module: str, *, import_it: bool = False) -> str | None:
+    """None when `module` resolves to a file of this checkout (and imports, with `import_it`), else why not.
+
+    The shared virtualenv's editable install can resolve a module this checkout lacks to another checkout;
+    measuring someone else's code under our name would be wrong, so that counts as absent."""
+    check = f"import importlib.util; s = importlib.util.find_spec({module!r}); print(s.origin if s else '')"
+    if import_it:
+        check += f"; import {module}"
     done = subprocess.run(
-        [sys.executable, "-c", "import server.app"],
+        [sys.executable, "-c", check],
         cwd=REPO_ROOT,
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         capture_output=True,
@@ -133,9 +143,18 @@ def server_importable() -> str | None:
         timeout=60,
         check=False,
     )
-    if done.returncode == 0:
-        return None
-    return (done.stderr.strip().splitlines() or ["import failed"])[-1][:160]
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["import failed"])[-1][:160]
+    origin = (done.stdout.strip().splitlines() or [""])[0]
+    if not origin:
+        return f"no module {module}"
+    if not Path(origin).resolve().is_relative_to(REPO_ROOT):
+        return f"{module} is not in this checkout yet"
+    return None
+
+
+def server_available() -> str | None:
+    return module_in_checkout("server.__main__") or module_in_checkout("server.app", import_it=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Our server first and alone, so its start-up time is not shared with the others' start-up.
         info: dict[str, Any] = {"available": False}
-        why = server_importable()
+        why = server_available()
         if why is None:
             port = processes.free_port()
             argv_ours = [sys.executable, "-m", "server", "--model-repository", str(repository)]
@@ -320,22 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_training:
         print("training side...", flush=True)
         out = work / "train"
-        base = [sys.executable, "-m", "training"]
-        training.append(
-            time_command(
-                [*base, "ensemble", "--data", "digits", "--members", "5", "--repository", str(out / "repo"),
-                 "--name", "digits", "--seed", "0", "--quiet"],
-                TRAIN_TIMEOUT_S,
-                REPO_ROOT,
-            )
-        )  # fmt: skip
-        training.append(
-            time_command(
-                [*base, "lr-find", "--data", "digits", "--out", str(out / "lr"), "--quiet"],
-                LR_FIND_TIMEOUT_S,
-                REPO_ROOT,
-            )
-        )
+        commands = [
+            (["ensemble", "--data", "digits", "--members", "5", "--repository", "REPO", "--name", "digits",
+              "--seed", "0", "--quiet"], TRAIN_TIMEOUT_S),
+            (["lr-find", "--data", "digits", "--out", "OUT", "--quiet"], LR_FIND_TIMEOUT_S),
+        ]  # fmt: skip
+        for i, (args_, bound) in enumerate(commands):
+            where = {"REPO": str(out / "repo"), "OUT": str(out / f"run-{i}")}
+            argv_train = [sys.executable, "-m", "training", *(where.get(a, a) for a in args_)]
+            training.append(time_command(argv_train, bound, REPO_ROOT, "ensemble-train " + " ".join(args_)))
     else:
         training.append(
             {"command": "ensemble-train ...", "seconds": None, "outcome": "skipped (--skip-training)"}
