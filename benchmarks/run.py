@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         # The model repository: built fresh (random weights, real exports) unless --use-trained.
         if args.use_trained:
             repository, model = REPO_ROOT / "model_repository", "digits"
-            versions = sorted(
-                (int(p.name) for p in (repository / model).iterdir() if p.name.isdigit()), reverse=True
-            )
+            model_dir = repository / model
+            found = model_dir.iterdir() if model_dir.is_dir() else []
+            versions = sorted((int(p.name) for p in found if p.name.isdigit()), reverse=True)
             if not versions:
                 print("no model in model_repository/digits: train it first", file=sys.stderr)
                 return 2
