@@ -77,6 +77,24 @@ def matrix(quick: bool) -> list[tuple[str, int, int, list[str]]]:
     return groups
 
 
+Group = tuple[str, int, int, list[str]]
+
+
+def select(groups: list[Group], only: str | None) -> list[Group]:
+    """Keep the groups that match one of `only`'s comma-separated ``protocol:rows:concurrency`` patterns
+    (``*`` or an empty field matches anything, e.g. ``v2bin:256:*,*:1:64``); None keeps every group."""
+    if not only:
+        return groups
+    patterns = [tuple(part.split(":")) + ("*",) * (3 - len(part.split(":"))) for part in only.split(",")]
+
+    def fits(field: str, value: object) -> bool:
+        return field in ("", "*") or field == str(value)
+
+    return [
+        g for g in groups if any(fits(p[0], g[0]) and fits(p[1], g[1]) and fits(p[2], g[2]) for p in patterns)
+    ]
+
+
 def measure_ort(version_dir: Path, batches: tuple[int, ...], seconds: float, repeats: int) -> list[dict]:
     run_by_mode = ort_limit.runners(sorted(version_dir.glob("member-*.onnx")))
     manifest = read_manifest(version_dir)
@@ -173,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "docs", help="folder for benchmarks.md/json/png"
     )
+    parser.add_argument(
+        "--only", help="measure only the cells matching protocol:rows:concurrency patterns, e.g. v2bin:*:64"
+    )
+    parser.add_argument("--no-soak", action="store_true", help="skip the soak (for quick experiments)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.soak_requests, args.soak_seconds = 1.0, 1, 500, 3.0
@@ -231,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         mean = pre.mean if pre else [0.0] * manifest.inputs[0].shape[1]
         std = pre.std if pre else [1.0] * len(mean)
         output_names = [o.name for o in manifest.outputs]
-        groups = matrix(args.quick)
+        groups = select(matrix(args.quick), args.only)
         bodies: dict[tuple[str, int], Payload] = {}
-        for protocol, rows, _, _ in groups:
+        # The V1 single-row body always: the warm-up and the soak use it.
+        for protocol, rows, _, _ in [("v1", 1, 0, []), *groups]:
             if (protocol, rows) not in bodies:
                 x = payloads.rows_for(mean, std, rows)
                 bodies[(protocol, rows)] = payloads.write_payload(
@@ -317,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # Soak our server (the baseline stands in while ours is absent, so the soak itself keeps working).
         target = "ours" if "ours" in services else "baseline"
+        if args.no_soak:
+            args.soak_requests = 0
         print(
             f"soak: {target}, up to {args.soak_requests:,} requests / {args.soak_seconds:.0f} s...",
             flush=True,
