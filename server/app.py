@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import onnxruntime as ort
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, triton_config
 from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
+from server.fastpath import EnsembleApp, Reply
 from server.manifest import NAME_RE
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import v1, v2
@@ -125,18 +126,39 @@ class Handlers:
         )
 
     async def infer(self, request: Request, name: str, version: str | None, protocol: str) -> Response:
-        """Shared by V2 and V1: body -> rows -> batcher -> response; records the request's metrics."""
+        """The FastAPI route's way in (the fast path in server.fastpath calls run_infer directly)."""
+
+        def read(limit: int) -> Awaitable[bytes]:
+            return read_body(request, limit)
+
+        header_length = request.headers.get(HEADER_LENGTH_HEADER) if protocol == "v2" else None
+        out, content_type, length = await self.run_infer(name, version, protocol, read, header_length)
+        headers = None if length is None else {HEADER_LENGTH_HEADER: str(length)}
+        return Response(out, 200, headers, media_type=content_type)
+
+    async def run_infer(
+        self,
+        name: str,
+        version: str | None,
+        protocol: str,
+        read: Callable[[int], Awaitable[bytes]],
+        header_length: str | None,
+    ) -> Reply:
+        """Shared by V2 and V1: body -> rows -> batcher -> ``(body, content type, header length)``.
+
+        Records the request's metrics. `read(limit)` reads the body; `header_length` is the request's
+        Inference-Header-Content-Length header."""
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_s
         lm = self.lookup(name, version)
-        labels = (lm.name, str(lm.version))
-        in_flight = self.metrics.in_flight.labels(*labels)
-        in_flight.inc()
+        m = self.metrics.model(lm.name, str(lm.version))
+        m.in_flight.inc()
         outcome = "ok"
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
-            run = self._infer_v2 if protocol == "v2" else self._predict_v1
-            return await run(request, body, lm, deadline)
+            body = await read(self.settings.max_body_bytes)
+            if protocol == "v2":
+                return await self._infer_v2(body, header_length, lm, deadline)
+            return await self._predict_v1(body, lm, deadline)
         except ServerError as exc:
             outcome = str(exc.status_code)
             raise
@@ -144,29 +166,28 @@ class Handlers:
             outcome = "500"
             raise
         finally:
-            in_flight.dec()
-            self.metrics.requests.labels(*labels, protocol, outcome).inc()
+            m.in_flight.dec()
+            m.requests(protocol, outcome).inc()
             elapsed = time.perf_counter() - start
-            self.metrics.request_duration.labels(*labels, protocol).observe(elapsed)
-            self.metrics.stats.record_request(*labels, outcome == "ok", elapsed)
+            m.request_duration(protocol).observe(elapsed)
+            self.metrics.stats.record_request(lm.name, str(lm.version), outcome == "ok", elapsed)
 
-    async def _infer_v2(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+    async def _infer_v2(
+        self, body: bytes, header_length: str | None, lm: LoadedModel, deadline: float
+    ) -> Reply:
         # JSON, or Triton's binary tensor extension when Inference-Header-Content-Length is set.
-        header_length = request.headers.get(HEADER_LENGTH_HEADER)
         req = v2.decode_infer_request(body, header_length, lm.manifest, self.settings.allow_nonfinite)
         assert lm.batcher is not None  # every model in the registry has one
         results = await lm.batcher.submit(req.x, deadline)
         out, out_header_length = v2.encode_response(lm.manifest, lm.version, req, results)
-        if out_header_length is None:
-            return Response(out, 200, media_type=JSON_CONTENT_TYPE)
-        headers = {HEADER_LENGTH_HEADER: str(out_header_length)}
-        return Response(out, 200, headers, media_type=BINARY_CONTENT_TYPE)
+        return out, JSON_CONTENT_TYPE if out_header_length is None else BINARY_CONTENT_TYPE, out_header_length
 
-    async def _predict_v1(self, request: Request, body: bytes, lm: LoadedModel, deadline: float) -> Response:
+    async def _predict_v1(self, body: bytes, lm: LoadedModel, deadline: float) -> Reply:
         x = v1.decode_predict_request(parse_json_object(body), lm.manifest, self.settings.allow_nonfinite)
         assert lm.batcher is not None
         results = await lm.batcher.submit(x, deadline)
-        return json_response(v1.encode_predict_response(lm.manifest, lm.version, results))
+        out = orjson.dumps(v1.encode_predict_response(lm.manifest, lm.version, results), option=DUMPS_OPTIONS)
+        return out, "application/json", None
 
     def check_admin(self, request: Request) -> None:
         token = self.settings.admin_token
@@ -219,7 +240,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             await loading
         await registry.close()
 
-    app = FastAPI(title="ensemble-serving", version=__version__, lifespan=lifespan)
+    app = EnsembleApp(title="ensemble-serving", version=__version__, lifespan=lifespan)
+    # Inference POSTs skip the FastAPI stack (server.fastpath), except where CORS must see them.
+    app.infer_handler, app.fast_path = h, not settings.cors_origins
     app.state.settings, app.state.registry, app.state.metrics, app.state.handlers = (
         settings,
         registry,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -66,6 +69,62 @@ class Metrics:
 
         # Triton's statistics extension (exact nanosecond sums), fed by the same call sites.
         self.stats = Statistics()
+        self._models: dict[tuple[str, str], ModelMetrics] = {}
+
+    def model(self, model: str, version: str) -> ModelMetrics:
+        """The metrics of one model version with their labels bound (looked up once, not per request)."""
+        found = self._models.get((model, version))
+        if found is None:
+            found = self._models[(model, version)] = ModelMetrics(self, model, version)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model version's label children. ``.labels()`` hashes and locks on every call, several times per
+    request on the hot path; these are bound on first use (so a series still appears only once it has a
+    value, as before) and kept. The label sets are never removed, so a kept child stays the live one."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._m, self._mv = metrics, (model, version)
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def requests(self, protocol: str, outcome: str) -> Any:
+        key = (protocol, outcome)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self._m.requests.labels(*self._mv, protocol, outcome)
+        return child
+
+    def request_duration(self, protocol: str) -> Any:
+        child = self._durations.get(protocol)
+        if child is None:
+            child = self._durations[protocol] = self._m.request_duration.labels(*self._mv, protocol)
+        return child
+
+    @cached_property
+    def in_flight(self) -> Any:
+        return self._m.in_flight.labels(*self._mv)
+
+    @cached_property
+    def queue_depth(self) -> Any:
+        return self._m.queue_depth.labels(*self._mv)
+
+    @cached_property
+    def queue_duration(self) -> Any:
+        return self._m.queue_duration.labels(*self._mv)
+
+    @cached_property
+    def compute_duration(self) -> Any:
+        return self._m.compute_duration.labels(*self._mv)
+
+    @cached_property
+    def batch_size(self) -> Any:
+        return self._m.batch_size.labels(*self._mv)
+
+    @cached_property
+    def inferred_rows(self) -> Any:
+        return self._m.inferred_rows.labels(*self._mv)

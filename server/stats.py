@@ -38,7 +38,10 @@ class Statistics:
         self._by_model: dict[tuple[str, str], ModelStats] = {}
 
     def of(self, model: str, version: str) -> ModelStats:
-        return self._by_model.setdefault((model, version), ModelStats())
+        found = self._by_model.get((model, version))  # not setdefault: that builds a ModelStats per call
+        if found is None:
+            found = self._by_model[(model, version)] = ModelStats()
+        return found
 
     def record_request(self, model: str, version: str, ok: bool, seconds: float) -> None:
         self.of(model, version).add("success" if ok else "fail", seconds)
