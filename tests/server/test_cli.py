@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--device", "tpu"], "invalid choice"),
         (["--port", "70000", "--model-repository", "."], "port"),
         (["--bogus"], "unrecognized arguments"),
+        (["--drain-timeout-s", "0", "--model-repository", "."], "drain_timeout_s"),
+        (["--repository-poll-interval-s", "-1", "--model-repository", "."], "repository_poll_interval_s"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(
