@@ -281,8 +281,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         rows = []
         for name, st in sorted(registry.status.items()):
             for v in st.versions or [None]:
-                state = "READY" if (name, v) in registry.models else st.state.upper()
-                row = {"name": name, "state": "UNAVAILABLE" if v in st.failed else state}
+                state = "UNAVAILABLE" if v in st.failed else st.state.upper()
+                row = {"name": name, "state": "READY" if (name, v) in registry.models else state}
                 if v is not None:
                     row["version"] = str(v)
                 if st.reason:

@@ -233,9 +233,10 @@ class ModelRegistry:
             return old
         fingerprint = await asyncio.to_thread(version_fingerprint, vdir)
         known = self._failed.get((name, v))
+        # A version changed in place into something broken keeps serving from memory (`old`).
         if known is not None and known[0] == fingerprint:
             failed[v] = known[1]  # unchanged since it failed: do not load (or count) it again
-            return None
+            return old
         if old is None and st.state != "ready":
             st.state = "loading"
         try:
@@ -245,7 +246,7 @@ class ModelRegistry:
             self.metrics.load_failures.labels(name).inc()
             self._failed[(name, v)] = (fingerprint, str(exc))
             failed[v] = str(exc)
-            return None
+            return old
         self._failed.pop((name, v), None)
         return lm
 

@@ -92,6 +92,24 @@ def test_a_broken_newest_version_leaves_the_previous_one_serving(tmp_path: Path)
     asyncio.run(scenario())
 
 
+def test_a_version_broken_in_place_keeps_serving_from_memory(tmp_path: Path) -> None:
+    write_version(tmp_path, "iris", 1, seed=1)
+    registry, metrics = _registry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.reload()
+        served = registry.get("iris")
+        corrupt_manifest(tmp_path, "iris", 1)  # a new manifest.json whose checksum does not match
+        await registry.reload()
+        await registry.reload()
+        assert registry.get("iris") is served and registry.is_ready()
+        assert "sha256" in registry.status["iris"].reason
+        await registry.close(1)
+
+    asyncio.run(scenario())
+    assert _failures(metrics, "iris") == 1
+
+
 def test_only_broken_versions_make_the_model_unavailable(tmp_path: Path) -> None:
     write_version(tmp_path, "iris", 1, seed=1)
     (tmp_path / "iris" / "1" / "member-0.onnx").write_bytes(b"not onnx")
