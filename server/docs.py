@@ -8,10 +8,11 @@ bodies; the pydantic models below exist only to describe those bodies in the Ope
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -19,8 +20,17 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+log = logging.getLogger(__name__)
 ASSETS_URL = "/docs-assets"
+
+
+def assets_dir() -> Path | None:
+    """The packaged Swagger UI / ReDoc bundles, or None where fastapi-offline is not installed."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "static"
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
 
 
 # ------------------------------------------------------------------ docs-only body models
@@ -149,8 +159,12 @@ def _openapi_with_bodies(app: FastAPI) -> dict[str, Any]:
 
 def install_docs(app: FastAPI) -> None:
     """Serve /docs and /redoc from local assets; `app` must be created with docs_url=redoc_url=None."""
-    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
     app.openapi = lambda: _openapi_with_bodies(app)  # type: ignore[method-assign]
+    assets = assets_dir()
+    if assets is None:  # a trimmed install (e.g. the GPU check's wheel folder): /openapi.json only
+        log.warning("fastapi-offline is not installed: /docs and /redoc are off (/openapi.json still served)")
+        return
+    app.mount(ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

@@ -80,3 +80,15 @@ def test_docs_render_in_a_browser_without_network(repo: Path, tmp_path: Path) ->
     assert {*INFER_PATHS, PREDICT_PATH, "/v2/health/ready", "/metrics"} <= rendered_paths
     # ReDoc lays out the request body schemas: the V1 body's one field appears in the page.
     assert PREDICT_PATH in redoc and "instances" in redoc
+
+
+def test_without_the_assets_package_docs_are_off_but_openapi_stays(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.docs
+
+    monkeypatch.setattr(server.docs, "assets_dir", lambda: None)
+    app = create_app(Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0))
+    with TestClient(app) as c:
+        assert c.get("/docs").status_code == 404
+        assert PREDICT_PATH in c.get("/openapi.json").json()["paths"]
