@@ -218,7 +218,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.drain, app.state.poller = drain, poller
     install_docs(app)
     _install_error_handlers(app)
-    # Outermost of our middleware: on SIGTERM (server.drain) it refuses new work and counts what is running.
+    # Around every route: on SIGTERM (server.drain) it refuses new work and counts what is still running.
     app.add_middleware(DrainMiddleware, state=drain)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

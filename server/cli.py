@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
-    DrainingServer(config, app.state.drain, settings.drain_timeout_s).run()
-    return 0
+    server = DrainingServer(config, app.state.drain, settings.drain_timeout_s)
+    server.run()
+    # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":
