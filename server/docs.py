@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -19,6 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+
+from server.protocol.v2 import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
 ASSETS_URL = "/docs-assets"
@@ -37,7 +39,7 @@ def assets_dir() -> Path | None:
 class V2InputTensor(BaseModel):
     name: str = Field(description="The model's input name (see the model metadata).", examples=["input"])
     shape: list[int] = Field(description="[rows, features].", examples=[[2, 4]])
-    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(examples=["FP32"])
+    datatype: str = Field(examples=["FP32"], json_schema_extra={"enum": list(NUMPY_DTYPES)})
     data: list[Any] | None = Field(
         default=None,
         description="Row-major values, flat or nested; absent when the tensor travels as binary data.",
