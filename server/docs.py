@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from server.protocol.v2 import NUMPY_DTYPES
+from server.protocol.model_input import CASTABLE
 
 log = logging.getLogger(__name__)
 ASSETS_URL = "/docs-assets"
@@ -39,7 +39,7 @@ def assets_dir() -> Path | None:
 class V2InputTensor(BaseModel):
     name: str = Field(description="The model's input name (see the model metadata).", examples=["input"])
     shape: list[int] = Field(description="[rows, features].", examples=[[2, 4]])
-    datatype: str = Field(examples=["FP32"], json_schema_extra={"enum": list(NUMPY_DTYPES)})
+    datatype: str = Field(examples=["FP32"], json_schema_extra={"enum": sorted(CASTABLE)})
     data: list[Any] | None = Field(
         default=None,
         description="Row-major values, flat or nested; absent when the tensor travels as binary data.",
