@@ -244,10 +244,12 @@ def worker_loop(
     return ran
 
 
-def _worker_entry(payload: dict[str, Any]) -> None:
+def _worker_entry(payload: dict[str, Any], barrier: Any) -> None:
     import torch
 
     torch.set_num_threads(1)  # N workers on N cores: one thread each
+    # Start together: a worker still importing torch would otherwise find the budget spent by the others.
+    barrier.wait(timeout=300)
     worker_loop(**payload)
 
 
@@ -270,8 +272,9 @@ def run_search(
         worker_loop(worker=0, **payload)  # type: ignore[arg-type]
     else:
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+        barrier = ctx.Barrier(settings.workers)
         procs = [
-            ctx.Process(target=_worker_entry, args=({**payload, "worker": w},))
+            ctx.Process(target=_worker_entry, args=({**payload, "worker": w}, barrier))
             for w in range(settings.workers)
         ]
         try:

@@ -29,6 +29,19 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--data", "digits", "--epochs", "2", "--quiet"]
 
 
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 rows of 3 easy classes: trials take a fraction of a second, so worker tests time the workers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 70)[:200]
+    X = rng.normal(size=(200, 8)) + y[:, None] * 1.5
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, X=X.astype(np.float32), y=y)
+    return path
+
+
 def _study(url: str, name: str = "search") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
@@ -110,11 +123,15 @@ def test_search_writes_outputs_resumes_and_narrows(tmp_path: Path, capsys: pytes
     assert [t.user_attrs["stage"] for t in trials[5:]] == [2, 2]
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+def test_two_workers_share_one_sqlite_study(tmp_path: Path, small_npz: Path) -> None:
     out = tmp_path / "w"
-    assert main(["search", *TINY, "--epochs", "3", "--trials", "6", "--workers", "2", "--out", str(out)]) == 0
+    argv = ["search", *TINY, "--data", str(small_npz), "--epochs", "5", "--trials", "6", "--workers", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
     trials = _study(f"sqlite:///{out / DB_FILE}").trials
-    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    seen = [(t.number, t.state.name, t.user_attrs) for t in trials]
+    # Two workers may both find 5 trials and ask at the same moment: one trial over, at most (documented).
+    assert 6 <= len(trials) <= 7, seen
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), seen
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}
     assert len({t.user_attrs["pid"] for t in trials}) == 2
 
@@ -207,15 +224,16 @@ def _postgres() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_two_workers_share_a_postgresql_study(tmp_path: Path) -> None:
+def test_two_workers_share_a_postgresql_study(tmp_path: Path, small_npz: Path) -> None:
     with _postgres() as url:
-        cmd = [sys.executable, "-m", "training", "search", *TINY, "--epochs", "3", "--trials", "6"]
+        cmd = [sys.executable, "-m", "training", "search", *TINY, "--data", str(small_npz)]
+        cmd += ["--epochs", "5", "--trials", "6"]
         cmd += ["--workers", "2", "--storage", url, "--study", "pg", "--out", str(tmp_path)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr
         trials = _study(url, "pg").trials
-        assert len(trials) == 6
+        assert 6 <= len(trials) <= 7, [(t.number, t.state.name, t.user_attrs) for t in trials]
         assert {t.user_attrs["worker"] for t in trials} == {0, 1}
         assert not (tmp_path / DB_FILE).exists()  # the study lives in PostgreSQL, not in a local file
-        assert json.loads((tmp_path / "best_params.json").read_text())["finished_trials"] == 6
+        assert json.loads((tmp_path / "best_params.json").read_text())["finished_trials"] == len(trials)
