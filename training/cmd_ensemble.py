@@ -14,9 +14,11 @@ from training.cmd_search import add_search_args
 from training.data import kfold
 from training.ensemble import (
     ARCH_CHOICES,
+    ENSEMBLE_EPOCHS,
     EnsembleSettings,
     check_name,
     holdout,
+    resolve_arch,
     train_ensemble,
     write_ensemble_version,
 )
@@ -33,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action in p._actions:
         if action.dest == "arch":
             action.choices = ARCH_CHOICES
-            action.help = "mlp, cnn, or mixed (alternating MLP and CNN members)"
+            action.default = "auto"
+            action.help = "auto (cnn for image-shaped rows, else mlp), mlp, cnn, or mixed (alternating)"
+        if action.dest == "epochs":
+            action.default = ENSEMBLE_EPOCHS
     p.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help="members = cross-validation folds")
     p.add_argument(
         "--seeds", type=int, nargs="+", help="one seed per member (default: --seed + member index)"
@@ -54,19 +59,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repository {args.repository} exists and is not a folder")
     if args.trials is not None and args.trials < 1:
         raise ValueError("--trials must be >= 1")
-    base_arch = "mlp" if args.arch == "mixed" else args.arch
-    args_for_config = argparse.Namespace(**{**vars(args), "arch": base_arch})
-    base = config_from_args(args_for_config)
+    if args.members < 2:
+        raise ValueError("--members must be >= 2 (each member validates on its own fold)")
+    ds = load_from_args(args)
+    arch = resolve_arch(args.arch, ds)
+    base_arch = "mlp" if arch == "mixed" else arch
+    base = config_from_args(argparse.Namespace(**{**vars(args), "arch": base_arch}))
     settings = EnsembleSettings(
         members=args.members,
         base=base,
-        arch=args.arch,
+        arch=arch,
         seeds=args.seeds,
         test_fraction=args.test_fraction,
         progress=not args.quiet,
     )
-    settings.validate()
-    ds = load_from_args(args)
     settings.validate(ds)
     rest, test_idx = holdout(ds, args.test_fraction, args.seed)
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
@@ -101,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = train_ensemble(ds, rest, test_idx, settings, work)
         write_ensemble_report(outcome, report_dir, ds.name, search_info)
         description = (
-            f"{len(outcome.members)}-member {args.arch} ensemble on {ds.name}; "
-            f"base config {asdict(settings.base)}"
+            f"{len(outcome.members)}-member {arch} ensemble on {ds.name}; base config {asdict(settings.base)}"
         )
         version = write_ensemble_version(ds, outcome, args.repository, args.name, report_dir, description)
     print(text_table(summary_rows(outcome)))
