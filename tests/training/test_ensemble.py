@@ -158,3 +158,31 @@ def test_cnn_on_flat_data_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFi
     assert main([*argv, "--repository", str(repo), "--name", "flat"]) == 2
     assert "image-shaped" in capsys.readouterr().err
     assert _tree(repo) == []
+
+
+def test_search_first_then_members_use_the_best_parameters(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    argv = [
+        "ensemble",
+        "--data",
+        "digits",
+        "--members",
+        "2",
+        "--arch",
+        "mlp",
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+    ]
+    assert main([*argv, "--quiet", "--repository", str(repo), "--name", "searched"]) == 0
+    version = repo / "searched" / "1"
+    best = json.loads((version / "report" / "search" / "best_params.json").read_text())
+    assert best["finished_trials"] == 3
+    for member in read_manifest(version).members:
+        hp = member.hyperparameters
+        assert (hp["lr"], hp["width"], hp["optimizer"]) == (
+            best["params"]["lr"],
+            best["params"]["width"],
+            best["params"]["optimizer"],
+        )
