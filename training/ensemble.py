@@ -23,14 +23,10 @@ import numpy as np
 import onnxruntime as ort
 
 from server.manifest import MEMBER_OUTPUT, NAME_RE
+from training.cmd_fit import baseline_loss
 from training.data import Dataset, kfold, split, standardization
 from training.diagnosis import Diagnosis, diagnose
-from training.ensemble_predict import (
-    average_predictions,
-    classification_metrics,
-    ensemble_metrics,
-    regression_metrics,
-)
+from training.ensemble_predict import classification_metrics, ensemble_metrics, regression_metrics
 from training.export import export_member
 from training.fit import FitConfig, fit, metric_name
 from training.repository import MemberArtifact, write_version
@@ -109,12 +105,6 @@ def check_name(name: str) -> None:
         raise ValueError(
             f"invalid model name {name!r}: use 1 to 64 characters from lowercase a-z, 0-9, '_' and '-'"
         )
-
-
-def baseline_loss(ds: Dataset, train_idx: np.ndarray) -> float:
-    from training.cmd_fit import baseline_loss as base
-
-    return base(ds, train_idx)
 
 
 def member_config(settings: EnsembleSettings, i: int) -> FitConfig:
@@ -237,7 +227,6 @@ __all__ = [
     "EnsembleOutcome",
     "EnsembleSettings",
     "TrainedMember",
-    "average_predictions",
     "check_name",
     "holdout",
     "resolve_arch",
