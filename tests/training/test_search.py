@@ -136,6 +136,16 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path, small_npz: Path) -> 
     assert len({t.user_attrs["pid"] for t in trials}) == 2
 
 
+def test_timeout_ends_the_search_and_splits_the_time_between_stages(tmp_path: Path, small_npz: Path) -> None:
+    out = tmp_path / "t"
+    argv = ["search", *TINY, "--data", str(small_npz), "--trials", "100000", "--timeout", "6"]
+    assert main([*argv, "--out", str(out)]) == 0
+    best = json.loads((out / "best_params.json").read_text())
+    assert 2 <= best["finished_trials"] < 100000
+    # stage 1 ran out of its 60% of the time, not of its 60000 trials; stage 2 used the rest
+    assert best["stage_counts"]["1"] < 60000 and best["stage_counts"]["2"] >= 1
+
+
 def test_pruning_stops_a_hopeless_trial_early() -> None:
     ds = load_dataset("digits")
     train_idx, val_idx, _ = split(ds, seed=0)
