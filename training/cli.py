@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from training import cmd_fit, cmd_lr_find
+from training import cmd_ensemble, cmd_fit, cmd_lr_find, cmd_search
 from training.args import add_common_args, load_from_args
 from training.data import DataError
 
-COMMANDS: list[ModuleType] = [cmd_fit, cmd_lr_find]
+COMMANDS: list[ModuleType] = [cmd_fit, cmd_lr_find, cmd_search, cmd_ensemble]
 
 
 class _Parser(argparse.ArgumentParser):
