@@ -5,8 +5,9 @@ objects) cost several times the inference itself per request (profiled in docs/p
 :class:`EnsembleApp` answers ``POST /v2/models/{m}[/versions/{v}]/infer`` and ``POST /v1/models/{m}:predict``
 itself: it matches the path as Starlette would, streams the body in under the same 413 limit and calls the
 same handler (:meth:`server.app.Handlers.run_infer`, which records every request's metrics) with the same
-``{"error"}`` answers. Everything else (other methods and paths, ``/docs``, the lifespan) goes to FastAPI,
-which also keeps these routes for its OpenAPI schema and serves them when CORS is configured.
+``{"error"}`` answers, inside the same drain middleware (server.drain). Everything else (other methods and
+paths, ``/docs``, the lifespan) goes to FastAPI, which also keeps these routes for its OpenAPI schema and
+serves them when CORS is configured.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _V1_PREDICT = re.compile(r"/v1/models/([^/]+):predict")
 _CONTENT_LENGTH = b"content-length"
 _HEADER_LENGTH = b"inference-header-content-length"
 _HEADER_LENGTH_NAME = "Inference-Header-Content-Length"
+TARGET = "ensemble.infer"  # scope key: (model, version or None, protocol)
 
 
 class InferHandler(Protocol):
@@ -106,45 +108,26 @@ async def send_reply(
     await send({"type": "http.response.body", "body": body})
 
 
-class EnsembleApp(FastAPI):
-    """FastAPI with the inference POSTs short-circuited (see the module docstring).
+class InferEndpoint:
+    """The ASGI app for the inference POSTs: ``scope[TARGET]`` holds what :func:`match` found."""
 
-    ``infer_handler`` is set by ``create_app``; ``fast_path`` is off when CORS is configured (the CORS
-    middleware must see those requests)."""
+    def __init__(self, handler: InferHandler) -> None:
+        self.handler = handler
 
-    infer_handler: InferHandler | None = None
-    fast_path: bool = True
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and self.fast_path
-            and self.infer_handler is not None
-            and not scope.get("root_path")
-            and (target := match(scope["path"])) is not None
-        ):
-            await self._infer(scope, receive, send, *target)
-            return
-        await super().__call__(scope, receive, send)
-
-    async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None, protocol: str
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name, version, protocol = scope[TARGET]
         declared = header_length = None
         for key, value in scope["headers"]:
             if key == _CONTENT_LENGTH:
                 declared = declared if declared is not None else value.decode("latin-1")
             elif key == _HEADER_LENGTH:
                 header_length = header_length if header_length is not None else value.decode("latin-1")
-        handler = self.infer_handler
-        assert handler is not None
 
         def read(limit: int) -> Awaitable[bytes]:
             return read_asgi_body(receive, declared, limit)
 
         try:
-            body, content_type, out_header_length = await handler.run_infer(
+            body, content_type, out_header_length = await self.handler.run_infer(
                 name, version, protocol, read, header_length
             )
         except ServerError as exc:
@@ -159,3 +142,25 @@ class EnsembleApp(FastAPI):
             return
         extra = None if out_header_length is None else {_HEADER_LENGTH_NAME: str(out_header_length)}
         await send_reply(send, 200, body, content_type, extra)
+
+
+class EnsembleApp(FastAPI):
+    """FastAPI with the inference POSTs short-circuited to ``fast_app`` (see the module docstring).
+
+    ``create_app`` sets ``fast_app`` (the :class:`InferEndpoint` inside the drain middleware); it stays
+    None when CORS is configured, since the CORS middleware must see those requests."""
+
+    fast_app: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and self.fast_app is not None
+            and not scope.get("root_path")
+            and (target := match(scope["path"])) is not None
+        ):
+            scope[TARGET] = target
+            await self.fast_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

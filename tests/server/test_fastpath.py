@@ -33,7 +33,7 @@ def clients(repo: Path) -> Iterator[tuple[TestClient, TestClient]]:
     """(fast path on, fast path off): two apps on the same repository."""
     fast = create_app(Settings(model_repository=repo, **SETTINGS))
     slow = create_app(Settings(model_repository=repo, **SETTINGS))
-    slow.fast_path = False  # type: ignore[attr-defined]
+    slow.fast_app = None  # type: ignore[attr-defined]
     with (
         TestClient(fast, raise_server_exceptions=False) as a,
         TestClient(slow, raise_server_exceptions=False) as b,
@@ -139,5 +139,17 @@ def test_inference_does_not_go_through_the_router(repo: Path) -> None:
     with TestClient(app) as client:
         assert loaded(client).post("/v1/models/iris:predict", json={"instances": ROWS}).status_code == 200
         assert client.post("/v2/models/iris/infer", json=V2_JSON).status_code == 200
-        app.fast_path = False  # type: ignore[attr-defined]
+        app.fast_app = None  # type: ignore[attr-defined]
         assert client.post("/v2/models/iris/infer", json=V2_JSON).status_code == 404
+
+
+def test_while_draining_inference_is_refused_as_by_the_middleware(
+    clients: tuple[TestClient, TestClient],
+) -> None:
+    answers = []
+    for client in clients:
+        client.app.state.drain.start(30)  # type: ignore[attr-defined]
+        r = client.post("/v1/models/iris:predict", json={"instances": ROWS})
+        answers.append((r.status_code, r.content, r.headers.get("connection")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 503 and answers[0][2] == "close"
