@@ -156,7 +156,7 @@ class Handlers:
         lm = self.lookup(name, version)
         lm.active += 1  # no await since the lookup: a hot-reload swap waits for this before retiring lm
         m = self.metrics.model(lm.name, str(lm.version))
-        m.in_flight.inc()
+        m.request_started()
         outcome = "ok"
         try:
             body = await read(self.settings.max_body_bytes)
@@ -171,7 +171,7 @@ class Handlers:
             raise
         finally:
             lm.active -= 1
-            m.in_flight.dec()
+            m.request_finished()
             m.requests(protocol, outcome).inc()
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)

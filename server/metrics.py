@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -91,6 +92,7 @@ class ModelMetrics:
         self._m, self._mv = metrics, (model, version)
         self._requests: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
+        self.in_flight_count: int | None = None  # None until the first request (no series before it)
 
     def requests(self, protocol: str, outcome: str) -> Any:
         key = (protocol, outcome)
@@ -105,13 +107,19 @@ class ModelMetrics:
             child = self._durations[protocol] = self._m.request_duration.labels(*self._mv, protocol)
         return child
 
-    @cached_property
-    def in_flight(self) -> Any:
-        return self._m.in_flight.labels(*self._mv)
+    # The two gauges are read when scraped (set_function) instead of being set on every request.
+    def request_started(self) -> None:
+        if self.in_flight_count is None:
+            self.in_flight_count = 0
+            self._m.in_flight.labels(*self._mv).set_function(lambda: self.in_flight_count)
+        self.in_flight_count += 1
 
-    @cached_property
-    def queue_depth(self) -> Any:
-        return self._m.queue_depth.labels(*self._mv)
+    def request_finished(self) -> None:
+        self.in_flight_count = (self.in_flight_count or 1) - 1
+
+    def watch_queue(self, rows: Callable[[], float]) -> None:
+        """`rows()` is what the queue-depth gauge of this version reads from now on."""
+        self._m.queue_depth.labels(*self._mv).set_function(rows)
 
     @cached_property
     def queue_duration(self) -> Any:

@@ -153,3 +153,41 @@ def test_while_draining_inference_is_refused_as_by_the_middleware(
         answers.append((r.status_code, r.content, r.headers.get("connection")))
     assert answers[0] == answers[1]
     assert answers[0][0] == 503 and answers[0][2] == "close"
+
+
+def test_queue_depth_and_in_flight_gauges_read_the_live_counts() -> None:
+    import asyncio
+    import threading
+
+    from server.batching import Batcher
+
+    gate = threading.Event()
+
+    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+        gate.wait(10)
+        return {"y": x}
+
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    mv = {"model": "m", "version": "1"}
+
+    async def main() -> None:
+        b = Batcher(infer, max_batch_size=4, max_queue_delay_s=0, max_queue_rows=100, max_request_rows=10,
+                    metrics=metrics, labels=("m", "1"))  # fmt: skip
+        b.start()
+        deadline = time.perf_counter() + 10
+        running = asyncio.ensure_future(b.submit(np.zeros((3, 2), np.float32), deadline))
+        await asyncio.sleep(0.05)  # taken by the worker, blocked in infer
+        queued = asyncio.ensure_future(b.submit(np.zeros((2, 2), np.float32), deadline))
+        await asyncio.sleep(0.01)
+        assert value("ensemble_queue_depth", mv) == 2
+        metrics.model("m", "1").request_started()
+        assert value("ensemble_in_flight_requests", mv) == 1
+        metrics.model("m", "1").request_finished()
+        gate.set()
+        await asyncio.gather(running, queued)
+        assert value("ensemble_queue_depth", mv) == 0
+        assert value("ensemble_in_flight_requests", mv) == 0
+        await b.close()
+
+    asyncio.run(main())
