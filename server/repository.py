@@ -133,7 +133,7 @@ class ModelRegistry:
         if st.state == "loading":
             raise Unavailable(f"Model '{name}' is still loading.", retry_after_s=1)
         if st.state == "unavailable":
-            raise Unavailable(f"Model '{name}' is not available: {st.reason}")
+            raise Unavailable(f"Model '{name}' is not available: {st.reason.rstrip('.')}.")
         raise Unavailable(f"Model '{name}' is not loaded.")
 
     def is_ready(self) -> bool:
