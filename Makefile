@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test
+.PHONY: install run train serve test lint format clean gpu-check image-test bench
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -53,3 +53,8 @@ clean:
 # On a machine with an NVIDIA GPU: `make gpu-check WHEELS=dir-of-wheels [ORT_GPU_TAR=file] [PYTHON=python3]`.
 gpu-check:
 	WHEELS=$(WHEELS) ORT_GPU_TAR=$(ORT_GPU_TAR) PYTHON=$(or $(PYTHON_GPU),python3) bash benchmarks/gpu_check.sh
+
+# The benchmark harness (about 10 minutes, needs `wrk`): our server against onnxruntime in process, a minimal
+# ASGI app and a FastAPI baseline. Writes docs/benchmarks.md/.json/.png. BENCH_ARGS=--use-trained serves digits.
+bench: install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
