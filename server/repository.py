@@ -85,7 +85,10 @@ def validate_version(version_dir: Path, name: str, version: int) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ModelLoadError(f"invalid manifest.json: {where}: {first['msg']}") from None
+        # A body that is not JSON at all has no location.
+        raise ModelLoadError(
+            f"invalid manifest.json: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read manifest.json: {exc}") from None
     if manifest.name != name or manifest.version != version:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         "ENSEMBLE_MAX_BATCH_SIZE": "32",
     }
     proc = start(repo.root, env, tmp_path_factory.mktemp("log") / "server.log")
+    yield proc
+    proc.stop()
+
+
+ADMIN_TOKEN = "reliability-admin-token"
+CORS_ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="session")
+def open_server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Only the good model, with the opt-in settings on: admin token, CORS origin, non-finite inputs."""
+    root = tmp_path_factory.mktemp("good-repo")
+    shutil.copytree(repo.root / "iris", root / "iris")
+    env = {
+        "ENSEMBLE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ENSEMBLE_CORS_ORIGINS": f'["{CORS_ORIGIN}"]',
+        "ENSEMBLE_ALLOW_NONFINITE": "true",
+    }
+    proc = start(root, env, tmp_path_factory.mktemp("log") / "open-server.log")
     yield proc
     proc.stop()
 

@@ -50,7 +50,8 @@ v2_input = st.fixed_dictionaries(
         "data": st.lists(scalars, max_size=12) | rows | json_values,
         "parameters": st.fixed_dictionaries(
             {}, optional={"binary_data_size": st.integers(-4, 64) | json_values}
-        ) | json_values,
+        )
+        | json_values,
     },
 )
 v2_request = st.fixed_dictionaries(
@@ -92,7 +93,9 @@ def test_v2_json_never_5xx(server: ServerProcess, body: dict) -> None:
     # Printable header values only: others never leave httpx, or uvicorn's HTTP parser refuses the request.
     length=st.none() | st.integers(min_value=-5, max_value=600) | st.text("0123456789 -+.xe", max_size=6),
 )
-def test_v2_binary_never_5xx(server: ServerProcess, header: dict, tail: bytes, length: int | str | None) -> None:
+def test_v2_binary_never_5xx(
+    server: ServerProcess, header: dict, tail: bytes, length: int | str | None
+) -> None:
     raw = json.dumps(header).encode()
     value = str(len(raw)) if length is None else str(length)
     headers = {"Inference-Header-Content-Length": value, "Content-Type": "application/octet-stream"}
@@ -100,7 +103,9 @@ def test_v2_binary_never_5xx(server: ServerProcess, header: dict, tail: bytes, l
 
 
 @SETTINGS
-@given(body=st.binary(max_size=256), path=st.sampled_from(["/v1/models/iris:predict", "/v2/models/iris/infer"]))
+@given(
+    body=st.binary(max_size=256), path=st.sampled_from(["/v1/models/iris:predict", "/v2/models/iris/infer"])
+)
 def test_random_bytes_never_5xx(server: ServerProcess, body: bytes, path: str) -> None:
     check(server.client.post(path, content=body))
 
