@@ -18,12 +18,15 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, triton_config
+from server.docs import install_docs
+from server.drain import DrainMiddleware, DrainState
 from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
 from server.manifest import NAME_RE
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import v1, v2
 from server.protocol.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER, JSON_CONTENT_TYPE
 from server.protocol.common import DUMPS_OPTIONS, parse_json_object
+from server.reloader import RepositoryPoller
 from server.repository import LoadedModel, ModelRegistry
 from server.settings import Settings
 
@@ -129,6 +132,7 @@ class Handlers:
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_s
         lm = self.lookup(name, version)
+        lm.active += 1  # no await since the lookup: a hot-reload swap waits for this before retiring lm
         labels = (lm.name, str(lm.version))
         in_flight = self.metrics.in_flight.labels(*labels)
         in_flight.inc()
@@ -144,6 +148,7 @@ class Handlers:
             outcome = "500"
             raise
         finally:
+            lm.active -= 1
             in_flight.dec()
             self.metrics.requests.labels(*labels, protocol, outcome).inc()
             elapsed = time.perf_counter() - start
@@ -206,27 +211,44 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     registry = ModelRegistry(settings, metrics)
     h = Handlers(settings, registry, metrics)
 
+    drain = DrainState()
+    poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
+
+    async def load_then_poll() -> None:
+        # Load in the background so that /v2/health/live answers during start-up; then watch for changes.
+        await asyncio.to_thread(poller.baseline)
+        try:
+            await registry.reload()
+        except Exception as exc:
+            log.error("loading failed: %r", exc)
+        if settings.repository_poll_interval_s > 0:
+            await poller.run()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background so that /v2/health/live answers during start-up.
-        loading = asyncio.create_task(registry.reload())
-        loading.add_done_callback(
-            lambda t: t.cancelled() or t.exception() is None or log.error("loading failed: %r", t.exception())
-        )
+        background = asyncio.create_task(load_then_poll())
         yield
-        loading.cancel()
+        background.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await loading
-        await registry.close()
+            await background
+        # After a drain every request is answered; otherwise (no signal) the usual request timeout applies.
+        await registry.close(drain.remaining(settings.request_timeout_s))
 
-    app = FastAPI(title="ensemble-serving", version=__version__, lifespan=lifespan)
+    # /docs and /redoc come from packaged assets (server.docs), never from a CDN.
+    app = FastAPI(
+        title="ensemble-serving", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings, app.state.registry, app.state.metrics, app.state.handlers = (
         settings,
         registry,
         metrics,
         h,
     )
+    app.state.drain, app.state.poller = drain, poller
+    install_docs(app)
     _install_error_handlers(app)
+    # Around every route: on SIGTERM (server.drain) it refuses new work and counts what is still running.
+    app.add_middleware(DrainMiddleware, state=drain)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -310,7 +332,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         rows = []
         for name, st in sorted(registry.status.items()):
             for v in st.versions or [None]:
-                row = {"name": name, "state": "READY" if (name, v) in registry.models else st.state.upper()}
+                state = "UNAVAILABLE" if v in st.failed else st.state.upper()
+                row = {"name": name, "state": "READY" if (name, v) in registry.models else state}
                 if v is not None:
                     row["version"] = str(v)
                 if st.reason:

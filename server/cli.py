@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch may wait for company")
     p.add_argument("--member-execution", choices=["auto", "sequential", "fused", "parallel"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--repository-poll-interval-s", type=float, help="seconds between repository scans; 0: no hot reload"
+    )
+    p.add_argument("--drain-timeout-s", type=float, help="time the accepted requests get after SIGTERM")
     return p
 
 
@@ -56,23 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.drain import DrainingServer
 
-    # uvicorn drains, then re-raises the signal it caught under the handler that was there before it;
-    # a no-op handler turns a clean drain into exit code 0 instead of death by SIGTERM (143).
+    # uvicorn re-raises a signal it caught (a second SIGTERM/SIGINT) after its shutdown under the handler
+    # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
-    return 0
+    # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
+    server = DrainingServer(config, app.state.drain, settings.drain_timeout_s)
+    server.run()
+    # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

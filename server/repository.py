@@ -3,7 +3,9 @@
 ``ModelRegistry`` holds an immutable dict ``(name, version) -> LoadedModel`` that is swapped atomically, so a
 request always sees a consistent set; ``reload()`` / ``load(name)`` / ``unload(name)`` build the next dict
 and swap it in, closing the batchers of versions that left only after their in-flight requests finish.
-Hot reload by polling can call ``reload()`` on a timer.
+``server.reloader`` calls ``reload()`` when the folder changed. A version that fails to load never takes the
+place of a good one: under the ``latest`` policy the highest version that loads serves, and a failed version
+is tried again only once its files change (so a broken folder is logged and counted once, not every poll).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,7 @@ class LoadedModel:
     ensemble: Ensemble
     stamp: float  # manifest mtime when loaded: a changed manifest means a new load
     batcher: Batcher | None = None
+    active: int = 0  # requests that looked this version up and are not answered yet (see Handlers.infer)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ModelStatus:
     state: str = "loading"  # loading | ready | unavailable | unloaded
     reason: str = ""
     versions: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
 
 
 def scan(root: Path) -> dict[str, list[int]]:
@@ -62,6 +68,18 @@ def scan(root: Path) -> dict[str, list[int]]:
         )
         found[model_dir.name] = versions
     return found
+
+
+def version_fingerprint(vdir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and mtime (ns) of each file directly in a version folder; empty if the folder is gone."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(vdir):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file():
+                    st = entry.stat()
+                    out.append((entry.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def select_versions(available: list[int], policy: str) -> list[int]:
@@ -112,6 +130,8 @@ class ModelRegistry:
         self.status: dict[str, ModelStatus] = {}
         self.loaded_once = False  # the first scan finished (readiness needs it)
         self._lock = asyncio.Lock()
+        # Versions that failed, with their files' fingerprint then: not retried until the files change.
+        self._failed: dict[Key, tuple[tuple[tuple[str, int, int], ...], str]] = {}
         cpus = usable_cpus()
         self.intra_op_threads = settings.intra_op_threads or default_intra_op_threads(cpus)
         self.cpus = cpus
@@ -131,6 +151,8 @@ class ModelRegistry:
         st = self.status.get(name)
         if st is None:
             raise NotFound(f"Model '{name}' does not exist.")
+        if version is not None and version in st.failed:
+            raise Unavailable(f"Version {version} of model '{name}' failed to load: {st.failed[version]}")
         if version is not None and version not in st.versions:
             raise NotFound(f"Model '{name}' has no version {version}.")
         if st.state == "loading":
@@ -172,40 +194,66 @@ class ModelRegistry:
         )  # fmt: skip
         return LoadedModel(name, version, vdir, manifest, ensemble, stamp)
 
-    def _plan(self, name: str, on_disk: list[int]) -> list[int]:
-        return select_versions(on_disk, self.settings.version_policy)
+    def _candidates(self, on_disk: list[int]) -> tuple[list[int], bool]:
+        """Versions to try, and whether the first that loads is enough (``latest``: highest first)."""
+        if self.settings.version_policy == "latest":
+            return sorted(on_disk, reverse=True), True
+        return select_versions(on_disk, self.settings.version_policy), False
 
     async def _load_model(
-        self, name: str, versions: list[int], current: dict[Key, LoadedModel]
+        self, name: str, on_disk: list[int], current: dict[Key, LoadedModel]
     ) -> dict[Key, LoadedModel]:
-        """Load `versions` of `name` (reusing unchanged loaded ones); updates its status."""
+        """Load the versions of `name` to serve (reusing unchanged loaded ones); updates its status."""
         st = self.status.setdefault(name, ModelStatus(name))
-        st.versions = versions
+        candidates, first_only = self._candidates(on_disk)
         out: dict[Key, LoadedModel] = {}
-        errors: list[str] = []
-        if not versions:
-            errors.append("no version folder matches the version policy")
-        for v in versions:
-            old = current.get((name, v))
-            mf = self.root / name / str(v) / "manifest.json"
-            if old is not None and mf.is_file() and mf.stat().st_mtime == old.stamp:
-                out[(name, v)] = old
-                continue
-            if old is None and st.state != "ready":
-                st.state = "loading"
-            try:
-                out[(name, v)] = await asyncio.to_thread(self._load_version, name, v)
-            except ModelLoadError as exc:
-                log.error("cannot load %s version %d: %s", name, v, exc)
-                self.metrics.load_failures.labels(name).inc()
-                errors.append(f"version {v}: {exc}")
-        if errors:
-            st.state, st.reason = "unavailable", "; ".join(errors)
+        failed: dict[int, str] = {}
+        for v in candidates:
+            lm = await self._load_or_reuse(st, name, v, current, failed)
+            if lm is not None:
+                out[(name, v)] = lm
+                if first_only:
+                    break
+        for key in [k for k in self._failed if k[0] == name and k[1] not in on_disk]:
+            del self._failed[key]  # folder gone: forget it
+        st.failed = failed
+        st.versions = sorted({*(v for _, v in out), *failed})
+        notes = "; ".join(f"version {v}: {why}" for v, why in sorted(failed.items()))
+        if out:  # serving something: ready, with a note about any version that did not load
+            st.state, st.reason = "ready", notes
         else:
-            st.state, st.reason = "ready", ""
+            st.state = "unavailable"
+            st.reason = notes or "no version folder matches the version policy"
         return out
 
-    async def _swap(self, new: dict[Key, LoadedModel]) -> None:
+    async def _load_or_reuse(
+        self, st: ModelStatus, name: str, v: int, current: dict[Key, LoadedModel], failed: dict[int, str]
+    ) -> LoadedModel | None:
+        vdir = self.root / name / str(v)
+        old = current.get((name, v))
+        mf = vdir / "manifest.json"
+        if old is not None and mf.is_file() and mf.stat().st_mtime == old.stamp:
+            return old
+        fingerprint = await asyncio.to_thread(version_fingerprint, vdir)
+        known = self._failed.get((name, v))
+        # A version changed in place into something broken keeps serving from memory (`old`).
+        if known is not None and known[0] == fingerprint:
+            failed[v] = known[1]  # unchanged since it failed: do not load (or count) it again
+            return old
+        if old is None and st.state != "ready":
+            st.state = "loading"
+        try:
+            lm = await asyncio.to_thread(self._load_version, name, v)
+        except ModelLoadError as exc:
+            log.error("cannot load %s version %d: %s", name, v, exc)
+            self.metrics.load_failures.labels(name).inc()
+            self._failed[(name, v)] = (fingerprint, str(exc))
+            failed[v] = str(exc)
+            return old
+        self._failed.pop((name, v), None)
+        return lm
+
+    async def _swap(self, new: dict[Key, LoadedModel], retire_timeout_s: float | None = None) -> None:
         old = self.models
         s = self.settings
         for key, lm in new.items():
@@ -227,12 +275,17 @@ class ModelRegistry:
         self.models = new  # the atomic swap: readers see the old dict or the new one
         for key, lm in old.items():
             if new.get(key) is not lm:
-                await self._retire(lm)
+                await self._retire(lm, retire_timeout_s)
 
-    async def _retire(self, lm: LoadedModel) -> None:
-        """Close a version that left the registry once its queued and running requests are done."""
+    async def _retire(self, lm: LoadedModel, timeout_s: float | None = None) -> None:
+        """Close a version that left the registry once the requests that looked it up have their answers."""
+        end = time.monotonic() + (self.settings.request_timeout_s if timeout_s is None else timeout_s)
+        # A request may have looked the version up and still be reading its body: it has not reached the
+        # batcher yet, so wait for those too before the batcher starts refusing work.
+        while lm.active and time.monotonic() < end:
+            await asyncio.sleep(0.005)
         if lm.batcher is not None:
-            await lm.batcher.close(self.settings.request_timeout_s)
+            await lm.batcher.close(max(0.0, end - time.monotonic()))
         e = lm.ensemble
         with contextlib.suppress(KeyError):
             self.metrics.model_info.remove(
@@ -251,7 +304,7 @@ class ModelRegistry:
             for name, versions in on_disk.items():
                 if self.status[name].state == "unloaded":
                     continue
-                new.update(await self._load_model(name, self._plan(name, versions), current))
+                new.update(await self._load_model(name, versions, current))
             for name in list(self.status):
                 if name not in on_disk:
                     del self.status[name]
@@ -265,7 +318,9 @@ class ModelRegistry:
         async with self._lock:
             on_disk = await asyncio.to_thread(scan, self.root)
             self.status.setdefault(name, ModelStatus(name)).state = "loading"
-            loaded = await self._load_model(name, self._plan(name, on_disk.get(name, [])), self.models)
+            for key in [k for k in self._failed if k[0] == name]:
+                del self._failed[key]  # an explicit load tries every version again
+            loaded = await self._load_model(name, on_disk.get(name, []), self.models)
             new = {k: v for k, v in self.models.items() if k[0] != name}
             new.update(loaded)
             await self._swap(new)
@@ -278,6 +333,7 @@ class ModelRegistry:
             self.status[name].state, self.status[name].reason = "unloaded", "unloaded by request"
             await self._swap({k: v for k, v in self.models.items() if k[0] != name})
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Unload everything; each version's requests get up to `timeout_s` (default: the request timeout)."""
         async with self._lock:
-            await self._swap({})
+            await self._swap({}, timeout_s)

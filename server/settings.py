@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     warmup_runs: int = Field(default=3, ge=0)
     """Warm-up runs per session at batch 1 and at ``max_batch_size`` before a model reports ready."""
 
+    repository_poll_interval_s: float = Field(default=2.0, ge=0)
+    """Seconds between scans of the repository for new, changed or removed versions (hot reload); 0: off.
+    A change loads once the folder looked the same on two polls in a row (no half-copied versions)."""
+
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """On SIGTERM: readiness turns false, new requests get 503, and the requests already accepted get this
+    many seconds to finish before the process exits (0 on a clean drain)."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and uvicorn."""
 

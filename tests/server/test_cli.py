@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--device", "tpu"], "invalid choice"),
         (["--port", "70000", "--model-repository", "."], "port"),
         (["--bogus"], "unrecognized arguments"),
+        (["--drain-timeout-s", "0", "--model-repository", "."], "drain_timeout_s"),
+        (["--repository-poll-interval-s", "-1", "--model-repository", "."], "repository_poll_interval_s"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(
@@ -50,3 +52,17 @@ def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
         assert proc.proc.wait(20) == 0
     finally:
         proc.stop()
+
+
+def test_a_port_already_taken_exits_3(repo: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        )  # fmt: skip
+    assert r.returncode == 3 and "address already in use" in r.stderr.lower()

@@ -1,0 +1,118 @@
+"""Graceful shutdown: on SIGTERM stop being ready, refuse new work, finish what was accepted, then exit 0.
+
+uvicorn's own shutdown closes the listening socket at once, so a readiness probe would only see a refused
+connection and a load balancer could not tell "draining" from "dead". ``DrainingServer`` puts a drain phase in
+front of it: the first SIGTERM (or SIGINT) sets ``DrainState.draining``; ``DrainMiddleware`` then answers
+readiness probes 503 and every new POST 503 ``{"error"}`` with ``Connection: close``, while the requests
+already accepted run to the end. Once none is left (or ``drain_timeout_s`` passed) uvicorn's shutdown
+runs with whatever time remains. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import orjson
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+
+class DrainState:
+    """Shared by the middleware (which counts requests) and the server (which decides when to stop)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0  # HTTP requests let through and not yet answered
+        self.deadline: float | None = None  # time.monotonic() by which the process should be gone
+
+    def start(self, timeout_s: float) -> None:
+        if not self.draining:
+            self.draining = True
+            self.deadline = time.monotonic() + timeout_s
+
+    def remaining(self, default: float) -> float:
+        """Seconds left to the drain deadline, or `default` when not draining."""
+        if self.deadline is None:
+            return default
+        return max(0.0, self.deadline - time.monotonic())
+
+
+def _refused_while_draining(scope: Scope) -> bool:
+    # Inference and admin calls are POSTs; readiness probes end in /ready. Liveness, metadata, /metrics and
+    # the docs keep answering so that the drain itself can be watched.
+    return scope["method"] == "POST" or scope["path"].endswith("/ready")
+
+
+class DrainMiddleware:
+    """Pure ASGI (no task or body buffering per request): counts requests; refuses new ones when draining."""
+
+    def __init__(self, app: Any, state: DrainState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining and _refused_while_draining(scope):
+            await self._refuse(scope, send)
+            return
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Any) -> None:
+        if scope["method"] == "GET":
+            body: dict[str, Any] = {"ready": False, "draining": True}
+        else:
+            body = {"error": "The server is shutting down; send the request to another replica."}
+        payload = orjson.dumps(body)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            # The client should not reuse this connection: the process is about to go away.
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain phase between the first SIGTERM/SIGINT and its own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, state: DrainState, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.drain, self.drain_timeout_s = state, drain_timeout_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain.draining or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)  # a second signal: stop waiting (and force on SIGINT)
+            return
+        # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown; a drained server
+        # exits 0 of its own accord.
+        self.drain.start(self.drain_timeout_s)
+        log.info(
+            "%s: draining %d request(s), at most %.1fs",
+            signal.Signals(sig).name, self.drain.in_flight, self.drain_timeout_s,
+        )  # fmt: skip
+
+    async def on_tick(self, counter: int) -> bool:
+        d = self.drain
+        if d.draining and not self.should_exit and (d.in_flight == 0 or d.remaining(0) <= 0):
+            if d.in_flight:
+                log.warning("drain timeout: %d request(s) still running", d.in_flight)
+            else:
+                log.info("drained: every accepted request has its answer")
+            # Whatever time is left (at least a second) goes to uvicorn's own connection and task wait.
+            self.config.timeout_graceful_shutdown = max(1, int(d.remaining(0)))
+            self.should_exit = True
+        return await super().on_tick(counter)
