@@ -92,7 +92,7 @@ def test_broken_new_versions_while_serving_are_refused_and_counted(tmp_path: Pat
                 manifest.read_text()
                 .replace(f'"{source}"', '"iris"')
                 .replace('"version": 1', f'"version": {version}')
-            )  # noqa: E501
+            )
             os.rename(folder, root / "iris" / str(version))
             wait_for(
                 lambda v=version: load_failures(server, "iris") == v - 1, f"failure of version {version}"

@@ -105,7 +105,8 @@ def test_64_clients_each_get_their_own_exact_answers(server: ServerProcess, repo
     total = sum(tally.codes.values())
     record("load", f"{CLIENTS} clients x {LOAD_S:g} s, V1+V2, 1-3 rows each, answers checked against numpy",
            "all 200, every answer the caller's own",
-           f"{total} requests ({total / elapsed:.0f}/s), codes {dict(tally.codes)}, wrong {len(tally.wrong)}, "
+           f"{total} requests ({total / elapsed:.0f}/s), codes {dict(tally.codes)}, "
+           f"wrong {len(tally.wrong)}, "
            f"transport errors {len(tally.transport_errors)}")  # fmt: skip
     assert not tally.transport_errors, tally.transport_errors[:3]
     assert not tally.wrong, tally.wrong[:3]
@@ -123,7 +124,7 @@ def tiny_queue_server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def test_tiny_queue_answers_only_correct_429_or_503(tiny_queue_server: ServerProcess, repo: Repo) -> None:
     seconds = min(LOAD_S, 4.0)
-    tally, elapsed = run_load(tiny_queue_server, repo, seconds, allowed={429, 503})
+    tally, _ = run_load(tiny_queue_server, repo, seconds, allowed={429, 503})
     total = sum(tally.codes.values())
     record("load", f"{CLIENTS} clients x {seconds:g} s, queue of 3 rows", "only correct 200s, 429, 503",
            f"{total} requests, codes {dict(tally.codes)}, wrong {len(tally.wrong)}, "
