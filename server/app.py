@@ -47,7 +47,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted.")
@@ -67,7 +67,8 @@ def _model_name(name: str) -> str:
 
 
 def _version(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    # isdigit() alone also takes "¹" and other digits that int() refuses.
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise NotFound(f"Version '{version[:20]}' does not exist; versions are positive integers.")
     return int(version)
 

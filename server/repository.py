@@ -64,7 +64,9 @@ def scan(root: Path) -> dict[str, list[int]]:
             log.warning("skipping %s: model names must match [a-z0-9_-]{1,64}", model_dir.name)
             continue
         versions = sorted(
-            int(v.name) for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and int(v.name) >= 1
+            int(v.name)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) >= 1
         )
         found[model_dir.name] = versions
     return found

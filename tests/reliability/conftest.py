@@ -30,8 +30,8 @@ class Repo:
 
 
 def build_repo(root: Path) -> Repo:
-    """``iris`` (good, 4 features, 3 classes), ``corrupt`` (ONNX bytes that do not parse, right sha256),
-    ``badsha`` (wrong sha256), ``badmanifest`` (manifest.json is not a manifest)."""
+    """``iris`` (good, 4 features, 3 classes; also a stray folder ``¹``), ``corrupt`` (ONNX bytes that do
+    not parse, right sha256), ``badsha`` (wrong sha256), ``badmanifest`` (manifest.json is not a manifest)."""
     weights = write_version(root, "iris", 1, members=3, hidden=[8], seed=1)
     write_version(root, "corrupt", 1, seed=2)
     member = root / "corrupt" / "1" / "member-0.onnx"
@@ -46,6 +46,8 @@ def build_repo(root: Path) -> Repo:
     corrupt_manifest(root, "badsha", 1)
     write_version(root, "badmanifest", 1, seed=4)
     (root / "badmanifest" / "1" / "manifest.json").write_text('{"name": "badmanifest", "version": "one"')
+    # A version folder whose name is a digit to str.isdigit() but not to int(): skipped, not a crash.
+    (root / "iris" / "\u00b9").mkdir()
     return Repo(root, weights)
 
 
