@@ -20,7 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server import __version__, triton_config
 from server.docs import install_docs
 from server.drain import DrainMiddleware, DrainState
-from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
+from server.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+    Unauthorized,
+)
 from server.manifest import NAME_RE
 from server.metrics import CONTENT_TYPE, Metrics
 from server.protocol import v1, v2
@@ -43,8 +51,10 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return json_response({"error": message}, status_code, headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in, and
+    (408) one still incomplete after `timeout_s`: a client that trickles its body must not hold a request
+    (and, on SIGTERM, the drain) for ever."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -52,11 +62,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:.3g} seconds.") from None
     return b"".join(chunks)
 
 
@@ -139,7 +153,9 @@ class Handlers:
         in_flight.inc()
         outcome = "ok"
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await read_body(
+                request, self.settings.max_body_bytes, max(0.0, deadline - time.perf_counter())
+            )
             run = self._infer_v2 if protocol == "v2" else self._predict_v1
             return await run(request, body, lm, deadline)
         except ServerError as exc:

@@ -82,17 +82,20 @@ def server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 ADMIN_TOKEN = "reliability-admin-token"
 CORS_ORIGIN = "https://app.example"
+OPEN_SERVER_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="session")
 def open_server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Only the good model, with the opt-in settings on: admin token, CORS origin, non-finite inputs."""
+    """Only the good model, with the opt-in settings on (admin token, CORS origin, non-finite inputs) and
+    a short request timeout."""
     root = tmp_path_factory.mktemp("good-repo")
     shutil.copytree(repo.root / "iris", root / "iris")
     env = {
         "ENSEMBLE_ADMIN_TOKEN": ADMIN_TOKEN,
         "ENSEMBLE_CORS_ORIGINS": f'["{CORS_ORIGIN}"]',
         "ENSEMBLE_ALLOW_NONFINITE": "true",
+        "ENSEMBLE_REQUEST_TIMEOUT_S": str(OPEN_SERVER_TIMEOUT_S),
     }
     proc = start(root, env, tmp_path_factory.mktemp("log") / "open-server.log")
     yield proc

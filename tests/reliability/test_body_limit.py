@@ -10,9 +10,10 @@ import socket
 import time
 
 import orjson
+import pytest
 
 from tests.helpers.server_process import ServerProcess
-from tests.reliability.conftest import MAX_BODY_BYTES
+from tests.reliability.conftest import MAX_BODY_BYTES, OPEN_SERVER_TIMEOUT_S
 from tests.reliability.rawhttp import parse_response
 from tests.reliability.record import record
 
@@ -96,3 +97,34 @@ def test_declared_length_over_the_limit_is_refused_before_any_body(server: Serve
            f"{r.status}, connection: {r.headers.get('connection')}")  # fmt: skip
     assert r.status == 413 and r.headers.get("connection") == "close"
     assert "at most 200000" in orjson.loads(r.body)["error"]
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
+def test_a_body_that_does_not_arrive_in_time_is_408(open_server: ServerProcess, trickle: bool) -> None:
+    """Slowloris on the body: 5 of 100 declared bytes then nothing, or one byte every 0.3 s. Before, the
+    server waited for ever (and a SIGTERM drain waited for it); now the request timeout covers the body."""
+    head = (
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    t0 = time.monotonic()
+    data = b""
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=15) as s:
+        s.sendall(head + b'{"ins')
+        for _ in range(50):  # at most 15 s
+            if select.select([s], [], [], 0.3)[0]:
+                break
+            if trickle:
+                s.sendall(b" ")
+        while part := s.recv(65536):
+            data += part
+    elapsed = time.monotonic() - t0
+    r = parse_response(data)
+    record("body-limit", f"body {'trickling 1 byte/0.3 s' if trickle else 'stalled after 5 of 100 bytes'}, "
+           f"request timeout {OPEN_SERVER_TIMEOUT_S:g} s", "408 and close at the timeout",
+           f"{r.status} after {elapsed:.1f} s, connection: {r.headers.get('connection')}")  # fmt: skip
+    assert r.status == 408, data[:300]
+    assert r.headers.get("connection") == "close"
+    assert "did not arrive within" in orjson.loads(r.body)["error"]
+    assert OPEN_SERVER_TIMEOUT_S - 0.1 <= elapsed < OPEN_SERVER_TIMEOUT_S + 3
+    assert open_server.client.get("/v2/health/live").status_code == 200
