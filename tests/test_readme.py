@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.onnx_repo import write_version
-from tests.helpers.server_process import ROOT, ServerProcess
+from tests.helpers.server_process import ROOT, ServerProcess, running_server
 
 README = (ROOT / "README.md").read_text()
 
@@ -26,13 +26,8 @@ def _blocks(language: str) -> list[str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("readme-repo")
     write_version(root, "digits", 1, n_features=64, width=10, members=3, hidden=[16])
-    proc = ServerProcess(root, {}, tmp_path_factory.mktemp("log") / "server.log")
-    try:
-        proc.wait_live()
-        proc.wait_loaded()
+    with running_server(root, {}, tmp_path_factory.mktemp("log") / "server.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_quick_start_curl_commands_work_as_written(server: ServerProcess) -> None:

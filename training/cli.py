@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from training import cmd_fit, cmd_lr_find
+from training import cmd_ensemble, cmd_fit, cmd_lr_find, cmd_search
 from training.args import add_common_args, load_from_args
 from training.data import DataError
+from training.export import ExportError
 
-COMMANDS: list[ModuleType] = [cmd_fit, cmd_lr_find]
+COMMANDS: list[ModuleType] = [cmd_fit, cmd_lr_find, cmd_search, cmd_ensemble]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # e.g. an --out folder that cannot be written
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    except ExportError as e:  # not the user's input: a graph that onnxruntime computes differently
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

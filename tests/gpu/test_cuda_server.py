@@ -46,7 +46,7 @@ def servers(repo: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -
     logs = tmp_path_factory.mktemp("gpu-logs")
     started: dict[str, ServerProcess] = {}
     try:
-        for device in ("cuda", "cpu"):
+        for device in ("cuda", "cpu", "auto"):
             started[device] = _start(repo[0], device, logs / f"{device}.log")
         yield started
     finally:
@@ -62,6 +62,13 @@ def test_cuda_provider_is_the_one_that_runs(servers: dict) -> None:
     assert "CUDAExecutionProvider" in str(meta), meta
     metrics = gpu.client.get("/metrics").text
     assert 'provider="CUDAExecutionProvider"' in metrics
+
+
+def test_auto_device_picks_a_gpu_provider_that_loads(servers: dict) -> None:
+    """auto: TensorRT where libnvinfer loads, else CUDA; never a silent fall back to the CPU on a GPU host."""
+    auto = servers["auto"]
+    running = auto.client.get("/v2").json()["providers"]
+    assert running in (["TensorrtExecutionProvider"], ["CUDAExecutionProvider"]), running
 
 
 def test_cuda_answers_equal_cpu_answers_and_numpy(servers: dict, repo: tuple[Path, list]) -> None:
@@ -81,6 +88,7 @@ def test_cuda_answers_equal_cpu_answers_and_numpy(servers: dict, repo: tuple[Pat
         answers[device] = out["probabilities"]
     np.testing.assert_allclose(answers["cuda"], answers["cpu"], atol=1e-5)
     np.testing.assert_allclose(answers["cuda"], expected, atol=1e-5)
+    np.testing.assert_allclose(answers["auto"], answers["cpu"], atol=1e-5)
 
 
 def test_concurrent_requests_on_cuda_each_get_their_own_rows(servers: dict, repo: tuple[Path, list]) -> None:

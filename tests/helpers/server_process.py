@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -69,3 +71,15 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(5)
         self._log_file.close()
+
+
+@contextlib.contextmanager
+def running_server(repo: Path, env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
+    """A server that is live and has finished its first repository scan; stopped on exit."""
+    proc = ServerProcess(repo, env, log)
+    try:
+        proc.wait_live()
+        proc.wait_loaded()
+        yield proc
+    finally:
+        proc.stop()

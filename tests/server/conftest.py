@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.onnx_repo import corrupt_manifest, write_version
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +28,5 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {"ENSEMBLE_ADMIN_TOKEN": "s3cret", "ENSEMBLE_MAX_BODY_BYTES": "100000", "ENSEMBLE_WARMUP_RUNS": "1"}
-    proc = ServerProcess(repo, env, tmp_path_factory.mktemp("log") / "server.log")
-    try:
-        proc.wait_live()
-        proc.wait_loaded()
+    with running_server(repo, env, tmp_path_factory.mktemp("log") / "server.log") as proc:
         yield proc
-    finally:
-        proc.stop()

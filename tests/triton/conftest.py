@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.onnx_repo import write_version
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, running_server
 
 IRIS_FEATURES, REG_FEATURES = 4, 3
 
@@ -26,13 +26,8 @@ def triton_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(triton_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {"ENSEMBLE_WARMUP_RUNS": "1", "ENSEMBLE_MAX_BATCH_SIZE": "64", "ENSEMBLE_MAX_QUEUE_DELAY_MS": "1.5"}
-    proc = ServerProcess(triton_repo, env, tmp_path_factory.mktemp("log") / "server.log")
-    try:
-        proc.wait_live()
-        proc.wait_loaded()
+    with running_server(triton_repo, env, tmp_path_factory.mktemp("log") / "server.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def rows(n: int, features: int, seed: int = 0) -> np.ndarray:
