@@ -93,6 +93,8 @@ CASES = [
     Case("nested-60-deep-instances", V1, j({"instances": nest(ROW, 60)}), 400, "2-D"),
     Case("nested-100-deep-v2-data", V2, v2([1, 4], nest(1, 100)), 400, "nested too deeply"),
     Case("huge-json-over-limit", V1, j({"instances": [ROW] * 12_000}), 413, "at most 200000"),
+    Case("big-valid-json-under-limit", V1, j({"instances": [ROW], "padding": "x" * 150_000}), 200, ""),
+    Case("nested-100k-objects", V1, b'{"a":' * 30_000, 400, "not valid JSON"),
     Case("huge-number-literal", V1, b'{"instances": [[1e999999, 2, 3, 4]]}', 400, ""),
     Case("huge-integer-literal", V1, b'{"instances": [[' + b"9" * 400 + b", 2, 3, 4]]}", 400, ""),
     # --- content type: not consulted (documented policy); non-JSON bodies are 400 whatever it says

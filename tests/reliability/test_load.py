@@ -23,6 +23,8 @@ from tests.helpers.server_process import ServerProcess
 from tests.reliability.conftest import Repo, start, v2_body
 from tests.reliability.record import record
 
+pytestmark = pytest.mark.slow
+
 CLIENTS = 64
 LOAD_S = float(os.environ.get("ENSEMBLE_RELIABILITY_LOAD_S", "10"))
 MAX_REQUESTS_PER_CLIENT = 20_000  # a bound on count as well as on time

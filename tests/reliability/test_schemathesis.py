@@ -18,6 +18,8 @@ import pytest
 from tests.helpers.server_process import ServerProcess
 from tests.reliability.record import record
 
+pytestmark = pytest.mark.slow
+
 MAX_SECONDS = 15
 
 

@@ -26,6 +26,8 @@ from tests.reliability.rawhttp import RawResponse, parse_response
 from tests.reliability.record import record
 from tests.reliability.test_load import CLIENTS, client_rows
 
+pytestmark = pytest.mark.slow
+
 DRAIN_TIMEOUT_S = 10.0
 GOOD: Repo
 
