@@ -42,7 +42,8 @@ def test_openapi_fuzzing_finds_no_server_error(
         "--checks", "not_a_server_error", "--max-examples", "20", "--max-time", str(MAX_SECONDS),
         "--seed", "7", "--request-timeout", "10",
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_SECONDS + 40)
+    # In tmp_path: schemathesis keeps a cache folder (.schemathesis/) in its working directory.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_SECONDS + 40, cwd=tmp_path)
     summary = done.stdout[done.stdout.rfind("SUMMARY") :]
     found = re.search(r"(\d+) generated, (\d+) passed", summary)
     cases = found.group(0) if found else "?"
