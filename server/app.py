@@ -20,7 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server import __version__, triton_config
 from server.docs import install_docs
 from server.drain import DrainMiddleware, DrainState
-from server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServerError, Unauthorized
+from server.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+    Unauthorized,
+)
 from server.fastpath import EnsembleApp, InferEndpoint, Reply
 from server.manifest import NAME_RE
 from server.metrics import CONTENT_TYPE, Metrics
@@ -44,20 +52,26 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return json_response({"error": message}, status_code, headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refusing (413) one larger than `limit` from its Content-Length or while it streams in, and
+    (408) one still incomplete after `timeout_s`: a client that trickles its body must not hold a request
+    (and, on SIGTERM, the drain) for ever."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:.3g} seconds.") from None
     return b"".join(chunks)
 
 
@@ -68,7 +82,8 @@ def _model_name(name: str) -> str:
 
 
 def _version(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    # isdigit() alone also takes "¹" and other digits that int() refuses.
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise NotFound(f"Version '{version[:20]}' does not exist; versions are positive integers.")
     return int(version)
 
@@ -131,8 +146,8 @@ class Handlers:
     async def infer(self, request: Request, name: str, version: str | None, protocol: str) -> Response:
         """The FastAPI route's way in (the fast path in server.fastpath calls run_infer directly)."""
 
-        def read(limit: int) -> Awaitable[bytes]:
-            return read_body(request, limit)
+        def read(limit: int, timeout_s: float) -> Awaitable[bytes]:
+            return read_body(request, limit, timeout_s)
 
         header_length = request.headers.get(HEADER_LENGTH_HEADER) if protocol == "v2" else None
         out, content_type, length = await self.run_infer(name, version, protocol, read, header_length)
@@ -144,13 +159,13 @@ class Handlers:
         name: str,
         version: str | None,
         protocol: str,
-        read: Callable[[int], Awaitable[bytes]],
+        read: Callable[[int, float], Awaitable[bytes]],
         header_length: str | None,
     ) -> Reply:
         """Shared by V2 and V1: body -> rows -> batcher -> ``(body, content type, header length)``.
 
-        Records the request's metrics. `read(limit)` reads the body; `header_length` is the request's
-        Inference-Header-Content-Length header."""
+        Records the request's metrics. `read(limit, timeout_s)` reads the body (413, 408);
+        `header_length` is the request's Inference-Header-Content-Length header."""
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_s
         lm = self.lookup(name, version)
@@ -159,7 +174,7 @@ class Handlers:
         m.request_started()
         outcome = "ok"
         try:
-            body = await read(self.settings.max_body_bytes)
+            body = await read(self.settings.max_body_bytes, max(0.0, deadline - time.perf_counter()))
             if protocol == "v2":
                 return await self._infer_v2(body, header_length, lm, deadline)
             return await self._predict_v1(body, lm, deadline)

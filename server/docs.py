@@ -108,6 +108,7 @@ class ErrorBody(BaseModel):
 _ERRORS = {
     "400": "Bad input (shape, datatype, JSON).",
     "404": "Unknown model or version.",
+    "408": "The body did not arrive within the request timeout (the connection is closed).",
     "413": "Body too large (the connection is closed).",
     "429": "Queue full; retry after `Retry-After`.",
     "503": "Not ready, model unavailable, or the server is draining.",

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 
+# The drain lasts at least this long (or the whole drain timeout, if shorter), answering 503 meanwhile.
+# Closing the listening socket resets every connection the kernel accepted but uvicorn had not yet taken:
+# their requests were sent, and would get no answer at all. A second of 503s lets in-flight senders and
+# load balancers (readiness is false from the first moment) see the drain before the socket goes.
+MIN_DRAIN_S = 1.0
+
 
 class DrainState:
     """Shared by the middleware (which counts requests) and the server (which decides when to stop)."""
@@ -31,11 +37,13 @@ class DrainState:
         self.draining = False
         self.in_flight = 0  # HTTP requests let through and not yet answered
         self.deadline: float | None = None  # time.monotonic() by which the process should be gone
+        self.started: float | None = None
 
     def start(self, timeout_s: float) -> None:
         if not self.draining:
             self.draining = True
-            self.deadline = time.monotonic() + timeout_s
+            self.started = time.monotonic()
+            self.deadline = self.started + timeout_s
 
     def remaining(self, default: float) -> float:
         """Seconds left to the drain deadline, or `default` when not draining."""
@@ -107,7 +115,8 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         d = self.drain
-        if d.draining and not self.should_exit and (d.in_flight == 0 or d.remaining(0) <= 0):
+        settled = d.started is not None and time.monotonic() - d.started >= MIN_DRAIN_S
+        if d.draining and not self.should_exit and ((d.in_flight == 0 and settled) or d.remaining(0) <= 0):
             if d.in_flight:
                 log.warning("drain timeout: %d request(s) still running", d.in_flight)
             else:

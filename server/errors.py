@@ -35,6 +35,14 @@ class NotFound(ServerError):
     status_code = 404
 
 
+class RequestTimeout(ServerError):
+    status_code = 408
+
+    def __init__(self, message: str) -> None:
+        # The rest of the body may never come: stop waiting for it.
+        super().__init__(message, {"Connection": "close"})
+
+
 class PayloadTooLarge(ServerError):
     status_code = 413
 

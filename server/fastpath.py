@@ -12,6 +12,7 @@ serves them when CORS is configured.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 
-from server.errors import BadRequest, PayloadTooLarge, ServerError
+from server.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServerError
 
 log = logging.getLogger("server")
 
@@ -49,7 +50,7 @@ class InferHandler(Protocol):
         name: str,
         version: str | None,
         protocol: str,
-        read: Callable[[int], Awaitable[bytes]],
+        read: Callable[[int, float], Awaitable[bytes]],
         header_length: str | None,
     ) -> Reply: ...
 
@@ -66,13 +67,44 @@ def match(path: str) -> tuple[str, str | None, str] | None:
     return None
 
 
-async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The body from ASGI messages, refusing (413) one over `limit` by its Content-Length or as it streams."""
+async def read_asgi_body(
+    receive: Receive, declared: str | None, limit: int, timeout_s: float | None
+) -> bytes:
+    """The body from ASGI messages, refusing (413) one over `limit` by its Content-Length or as it streams,
+    and (408) one still incomplete after `timeout_s` (as server.app.read_body does).
+
+    The timeout is a bare loop timer that cancels this task, not ``asyncio.timeout`` (4 µs a request, and
+    almost every body is already complete when the request starts)."""
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("The Content-Length header is not a number.")
         if int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted.")
+    if timeout_s is None:
+        return await _read_chunks(receive, limit)
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    # The timer only fires while this task waits (callbacks run between task steps), so a cancellation it
+    # asks for always lands in the await below.
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await _read_chunks(receive, limit)
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise RequestTimeout(f"The request body did not arrive within {timeout_s:.3g} seconds.") from None
+        raise
+    finally:
+        timer.cancel()
+
+
+async def _read_chunks(receive: Receive, limit: int) -> bytes:
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientDisconnect()
@@ -123,8 +155,8 @@ class InferEndpoint:
             elif key == _HEADER_LENGTH:
                 header_length = header_length if header_length is not None else value.decode("latin-1")
 
-        def read(limit: int) -> Awaitable[bytes]:
-            return read_asgi_body(receive, declared, limit)
+        def read(limit: int, timeout_s: float) -> Awaitable[bytes]:
+            return read_asgi_body(receive, declared, limit, timeout_s)
 
         try:
             body, content_type, out_header_length = await self.handler.run_infer(

@@ -64,7 +64,9 @@ def scan(root: Path) -> dict[str, list[int]]:
             log.warning("skipping %s: model names must match [a-z0-9_-]{1,64}", model_dir.name)
             continue
         versions = sorted(
-            int(v.name) for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and int(v.name) >= 1
+            int(v.name)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) >= 1
         )
         found[model_dir.name] = versions
     return found
@@ -103,7 +105,10 @@ def validate_version(version_dir: Path, name: str, version: int) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ModelLoadError(f"invalid manifest.json: {where}: {first['msg']}") from None
+        # A body that is not JSON at all has no location.
+        raise ModelLoadError(
+            f"invalid manifest.json: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read manifest.json: {exc}") from None
     if manifest.name != name or manifest.version != version:
@@ -155,7 +160,7 @@ class ModelRegistry:
         if st.state == "loading":
             raise Unavailable(f"Model '{name}' is still loading.", retry_after_s=1)
         if st.state == "unavailable":
-            raise Unavailable(f"Model '{name}' is not available: {st.reason}")
+            raise Unavailable(f"Model '{name}' is not available: {st.reason.rstrip('.')}.")
         raise Unavailable(f"Model '{name}' is not loaded.")
 
     def is_ready(self) -> bool:

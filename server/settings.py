@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         if value in ("latest", "all"):
             return value
         parts = [p.strip() for p in value.split(",") if p.strip()]
-        if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        if not parts or not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
             raise ValueError("version_policy must be 'latest', 'all' or a comma-separated list of versions")
         return ",".join(parts)
 

@@ -43,9 +43,17 @@ def check_features(x: np.ndarray, n_features: int, allow_nonfinite: bool) -> np.
 
 
 def to_float_matrix(data: Any, what: str) -> np.ndarray:
-    """Nested JSON numbers -> float64 array; ragged rows or non-numbers are a 400."""
+    """Nested JSON numbers -> float64 array; ragged rows or non-numbers are a 400.
+
+    numpy is asked to infer the type first: with ``dtype=float64`` it would quietly turn the strings "1"
+    and "nan" into numbers and ``null`` into NaN (which ``allow_nonfinite`` would then let through)."""
     try:
-        arr = np.array(data, dtype=np.float64)
-    except (ValueError, TypeError):
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"{what} must be numbers in rows of equal length.") from None
-    return arr
+    if arr.dtype.kind not in "iuf":
+        raise BadRequest(
+            f"{what} must hold only numbers (not strings, null, objects, only booleans, "
+            "or integers beyond 64 bits)."
+        )
+    return arr.astype(np.float64)

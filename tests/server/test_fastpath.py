@@ -191,3 +191,33 @@ def test_queue_depth_and_in_flight_gauges_read_the_live_counts() -> None:
         await b.close()
 
     asyncio.run(main())
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_other_cancels_stay_cancels() -> None:
+    import asyncio
+
+    from server.errors import RequestTimeout
+    from server.fastpath import read_asgi_body
+
+    async def stalled() -> dict:
+        await asyncio.Event().wait()  # the rest of the body never comes
+        return {}
+
+    async def trickle_then_done() -> dict:
+        await asyncio.sleep(0.01)
+        return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    async def main() -> None:
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeout, match=r"did not arrive within 0\.05 seconds"):
+            await read_asgi_body(stalled, None, 100, 0.05)
+        assert 0.04 < time.perf_counter() - t0 < 1.0
+        assert await read_asgi_body(trickle_then_done, "3", 100, 5.0) == b"abc"
+        task = asyncio.ensure_future(read_asgi_body(stalled, None, 100, 5.0))
+        await asyncio.sleep(0.01)
+        task.cancel()  # a cancellation from elsewhere (e.g. shutdown) is not a timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
