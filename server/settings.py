@@ -42,8 +42,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=256, ge=1)
     """Most rows the dynamic batcher merges into one run."""
 
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
-    """How long a batch may wait for more requests; a lone request on an idle model runs at once."""
+    max_queue_delay_ms: float = Field(default=0.5, ge=0)
+    """How long a batch may wait for more requests; a lone request on an idle model runs at once.
+    (0.5 ms: at 16 connections 2 ms cost a third of the throughput, at 1 and 64 neither helps; see
+    docs/performance.md.)"""
 
     max_queue_size: int = Field(default=4096, ge=1)
     """Most rows waiting in one model version's queue (independent of the batch size); beyond it: 429."""
