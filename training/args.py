@@ -48,16 +48,6 @@ def _param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KEY=NUMBER like t0=10, got {text!r}") from None
 
 
-def _param(text: str) -> tuple[str, float]:
-    key, sep, value = text.partition("=")
-    try:
-        if not sep or not key.isidentifier():
-            raise ValueError
-        return key, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER like t0=10, got {text!r}") from None
-
-
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
