@@ -26,6 +26,9 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
 # V2 datatype -> the little-endian dtype of its binary form (also the dtype of decoded arrays).
+MAX_DIMS = 16
+MAX_ELEMENTS = 1 << 31  # far above any body the server accepts; guards numpy's own limits
+
 DATATYPES: Mapping[str, np.dtype] = {
     "BOOL": np.dtype("?"),
     "INT8": np.dtype("i1"),
@@ -234,6 +237,11 @@ def _input_spec(index: int, item: Any) -> _InputSpec:
         raise ProtocolError(f"Input '{name}' must have a 'shape' that is an array of integers.")
     if any(d < 0 for d in shape):
         raise ProtocolError(f"Input '{name}' has shape {shape} with a negative dimension.")
+    # numpy refuses more than 64 axes or more elements than memory can address; say so as a 400.
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(f"Input '{name}' has {len(shape)} dimensions; at most {MAX_DIMS} are supported.")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy sizes even an empty array's other axes
+        raise ProtocolError(f"Input '{name}' has shape {shape}, more than {MAX_ELEMENTS} elements.")
     params = _object(item.get("parameters"), f"The 'parameters' of input '{name}'")
     if "shared_memory_region" in params:
         raise ProtocolError(f"Input '{name}' uses shared memory, which this server does not support.")

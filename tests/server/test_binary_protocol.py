@@ -443,3 +443,25 @@ def test_an_empty_outputs_list_asks_for_every_output() -> None:
     assert request.outputs is None
     assert request.output_names(["a", "b"]) == ["a", "b"]
     assert request.binary_outputs(["a", "b"]) == set()
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([0, 2**63 - 1, 2**63 - 1], "more than"),  # numpy: "array is too big", even with no element
+        ([1] * 70, "at most 16"),  # numpy: more than 64 axes
+        ([0] * 70, "at most 16"),
+    ],
+)
+@pytest.mark.parametrize("binary", [False, True])
+def test_shapes_numpy_cannot_hold_are_a_clear_protocol_error(
+    shape: list[int], message: str, binary: bool
+) -> None:
+    tensor: dict = {"name": "input", "datatype": "FP32", "shape": shape}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 0}
+    else:
+        tensor["data"] = [1] if shape[0] == 1 else []
+    header = orjson.dumps({"inputs": [tensor]})
+    with pytest.raises(ProtocolError, match=message):
+        parse_infer_request(header, len(header) if binary else None)
