@@ -289,10 +289,11 @@ class ModelRegistry:
         if lm.batcher is not None:
             await lm.batcher.close(max(0.0, end - time.monotonic()))
         e = lm.ensemble
-        with contextlib.suppress(KeyError):
-            self.metrics.model_info.remove(
-                lm.name, str(lm.version), e.info.provider, e.info.device, str(e.members), e.execution
-            )
+        info = _info_labels(lm)
+        # A version reloaded in place is served again under the same labels: its series must stay.
+        if not any(_info_labels(other) == info for other in self.models.values()):
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(*info)
         e.close()
 
     async def reload(self) -> None:
@@ -339,3 +340,8 @@ class ModelRegistry:
         """Unload everything; each version's requests get up to `timeout_s` (default: the request timeout)."""
         async with self._lock:
             await self._swap({}, timeout_s)
+
+
+def _info_labels(lm: LoadedModel) -> tuple[str, ...]:
+    e = lm.ensemble
+    return (lm.name, str(lm.version), e.info.provider, e.info.device, str(e.members), e.execution)

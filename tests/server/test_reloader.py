@@ -147,3 +147,32 @@ def test_a_retired_version_waits_for_requests_that_looked_it_up(tmp_path: Path) 
         await registry.close(1)
 
     asyncio.run(scenario())
+
+
+def _info_series(metrics: Metrics, model: str) -> list[dict[str, str]]:
+    return [
+        s.labels
+        for family in metrics.registry.collect()
+        if family.name == "ensemble_model_info"
+        for s in family.samples
+        if s.labels["model"] == model and s.value == 1
+    ]
+
+
+def test_a_version_reloaded_in_place_keeps_its_info_series(tmp_path: Path) -> None:
+    write_version(tmp_path, "iris", 1, seed=1)
+    registry, metrics = _registry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.reload()
+        served = registry.get("iris")
+        assert len(_info_series(metrics, "iris")) == 1
+        manifest = tmp_path / "iris" / "1" / "manifest.json"
+        manifest.write_bytes(manifest.read_bytes())  # a new mtime: loaded again and swapped in
+        await registry.reload()
+        assert registry.get("iris") is not served
+        # The retired copy had the very same labels; retiring it must not remove the new one's series.
+        assert [s["version"] for s in _info_series(metrics, "iris")] == ["1"]
+        await registry.close(1)
+
+    asyncio.run(scenario())
