@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server import __version__, triton_config
 from server.docs import install_docs
@@ -181,6 +182,9 @@ class Handlers:
         except ServerError as exc:
             outcome = str(exc.status_code)
             raise
+        except ClientDisconnect:
+            outcome = "499"  # the client left before sending its whole body (nginx's name for it)
+            raise
         except Exception:
             outcome = "500"
             raise
@@ -235,6 +239,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is listening; counted as outcome 499 by the handler. Not an error of ours.
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

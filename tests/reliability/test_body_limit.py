@@ -128,3 +128,32 @@ def test_a_body_that_does_not_arrive_in_time_is_408(open_server: ServerProcess, 
     assert "did not arrive within" in orjson.loads(r.body)["error"]
     assert OPEN_SERVER_TIMEOUT_S - 0.1 <= elapsed < OPEN_SERVER_TIMEOUT_S + 3
     assert open_server.client.get("/v2/health/live").status_code == 200
+
+
+def _outcome_count(proc: ServerProcess, outcome: str) -> float:
+    text = proc.client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ensemble_requests_total{") and f'outcome="{outcome}"' in line
+    )
+
+
+@pytest.mark.parametrize("which", ["server", "open_server"])  # the fast path, and FastAPI's (CORS on)
+def test_a_client_that_leaves_mid_body_is_counted_499_not_500(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    proc: ServerProcess = request.getfixturevalue(which)
+    before_499, before_500 = _outcome_count(proc, "499"), _outcome_count(proc, "500")
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"inp'
+        )
+        time.sleep(0.2)  # let the server start reading the body
+    deadline = time.monotonic() + 5
+    while _outcome_count(proc, "499") == before_499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _outcome_count(proc, "499") == before_499 + 1
+    assert _outcome_count(proc, "500") == before_500
+    assert proc.client.post("/v2/models/iris/infer", content=b"{}").status_code == 400  # still serving
