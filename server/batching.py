@@ -144,13 +144,21 @@ class Batcher:
     def _take_more(self, batch: list[_Item], rows: int) -> int:
         while self._queue and rows < self.max_batch_size:
             nxt = self._queue[0]
-            if not nxt.future.done() and rows + len(nxt.x) > self.max_batch_size:
+            if nxt.future.done():  # timed out or cancelled: drop it, and judge the next one on its own
+                self._pop_dead()
+                continue
+            if rows + len(nxt.x) > self.max_batch_size:
                 break
             item = self._pop()
             if item is not None:
                 batch.append(item)
                 rows += len(item.x)
         return rows
+
+    def _pop_dead(self) -> None:
+        item = self._queue.popleft()
+        item.taken = True
+        self._set_depth(-len(item.x))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

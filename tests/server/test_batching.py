@@ -181,3 +181,23 @@ def test_metrics_count_batches_and_rows() -> None:
     assert metrics.registry.get_sample_value("ensemble_inferred_rows_total", labels) == 6
     assert metrics.registry.get_sample_value("ensemble_batch_size_count", labels) == 3
     assert metrics.registry.get_sample_value("ensemble_batch_size_sum", labels) == 6
+
+
+def test_a_dead_request_at_the_head_never_lets_a_batch_exceed_max_batch_size() -> None:
+    """Queue: 2 live rows (taken), 1 row whose caller gave up, 3 live rows; max_batch_size 4."""
+    from server.batching import _Item
+
+    async def main() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        b = make(Recorder(), max_batch_size=4)
+        first, dead, big = (_Item(rows(i, n), loop.create_future()) for i, n in ((0, 2), (10, 1), (20, 3)))
+        dead.future.cancel()  # timed out in the same turn that the worker assembles the batch
+        b._queue.extend([dead, big])
+        b._queued_rows = 4
+        batch = [first]
+        taken = b._take_more(batch, 2)
+        return taken, len(batch), b.queued_rows
+
+    taken, n_items, still_queued = asyncio.run(main())
+    assert taken == 2 and n_items == 1  # the 3-row request waits for the next batch
+    assert still_queued == 3  # the dead row left the queue (and the depth gauge)
