@@ -136,6 +136,7 @@ class Handlers:
             max_batch_size=s.max_batch_size,
             max_queue_delay_us=round(s.max_queue_delay_ms * 1000),
             instance_kind="KIND_GPU" if e.info.provider in GPU_PROVIDERS else "KIND_CPU",
+            gpu_device_id=s.gpu_device_id,
             version_policy=s.version_policy,
             parameters={
                 "provider": e.info.provider,

@@ -62,6 +62,7 @@ def model_config(
     preferred_batch_sizes: Sequence[int] | None = None,
     instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int = 1,
+    gpu_device_id: int = 0,
     version_policy: str = "latest",
     parameters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def model_config(
         dynamic_batching["preferred_batch_size"] = preferred
     instance_group: dict[str, Any] = {"name": manifest.name, "kind": instance_kind, "count": instance_count}
     if instance_kind == "KIND_GPU":
-        instance_group["gpus"] = [0]
+        instance_group["gpus"] = [gpu_device_id]
     policy: dict[str, Any]
     if version_policy == "latest":
         policy = {"latest": {"num_versions": 1}}

@@ -78,6 +78,7 @@ def test_classification_config_fields() -> None:
         max_queue_delay_us=500,
         preferred_batch_sizes=[16, 8, 16],
         instance_kind="KIND_GPU",
+        gpu_device_id=1,
         version_policy="2,1",
         parameters={"execution_provider": "CUDAExecutionProvider"},
     )
@@ -95,7 +96,7 @@ def test_classification_config_fields() -> None:
         "max_queue_delay_microseconds": 500,
         "preferred_batch_size": [8, 16],
     }
-    assert config["instance_group"] == [{"name": "digits", "kind": "KIND_GPU", "count": 1, "gpus": [0]}]
+    assert config["instance_group"] == [{"name": "digits", "kind": "KIND_GPU", "count": 1, "gpus": [1]}]
     assert config["version_policy"] == {"specific": {"versions": [1, 2]}}
     params = {k: v["string_value"] for k, v in config["parameters"].items()}
     assert params["task"] == "classification"
