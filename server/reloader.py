@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from server.repository import ModelRegistry, version_fingerprint
+from server.repository import ModelRegistry, is_version_folder, version_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,7 @@ def repository_fingerprint(root: Path) -> Fingerprint:
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
         try:
-            versions = [
-                v for v in model_dir.iterdir() if v.name.isascii() and v.name.isdigit() and v.is_dir()
-            ]
+            versions = [v for v in model_dir.iterdir() if is_version_folder(v.name) and v.is_dir()]
         except FileNotFoundError:  # removed while we looked: it is simply gone
             continue
         out.extend((model_dir.name, int(v.name), version_fingerprint(v)) for v in versions)

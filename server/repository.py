@@ -56,6 +56,11 @@ class ModelStatus:
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
 
 
+def is_version_folder(name: str) -> bool:
+    """A version folder's name: a positive integer written plainly ("1", "12"; not "01", "0" or "¹")."""
+    return name.isascii() and name.isdigit() and not name.startswith("0")
+
+
 def scan(root: Path) -> dict[str, list[int]]:
     """Model names and their versions on disk; folders with invalid names are skipped with a warning."""
     found: dict[str, list[int]] = {}
@@ -63,12 +68,19 @@ def scan(root: Path) -> dict[str, list[int]]:
         if not NAME_RE.match(model_dir.name):
             log.warning("skipping %s: model names must match [a-z0-9_-]{1,64}", model_dir.name)
             continue
-        versions = sorted(
-            int(v.name)
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) >= 1
-        )
-        found[model_dir.name] = versions
+        versions = []
+        for v in model_dir.iterdir():
+            if not v.is_dir() or not (v.name.isascii() and v.name.isdigit()):
+                continue  # notes, staging folders, ...
+            if is_version_folder(v.name):
+                versions.append(int(v.name))
+            else:
+                log.warning(
+                    "skipping %s/%s: versions are written 1, 2, ... (no leading zeros)",
+                    model_dir.name,
+                    v.name,
+                )
+        found[model_dir.name] = sorted(versions)
     return found
 
 

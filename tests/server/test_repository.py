@@ -16,6 +16,7 @@ def test_scan_skips_bad_names_and_non_version_folders(tmp_path: Path) -> None:
     write_version(tmp_path, "good", 3)
     (tmp_path / "good" / "0").mkdir()
     (tmp_path / "good" / "latest").mkdir()
+    (tmp_path / "good" / "02").mkdir()  # would otherwise be read as version 2 and looked for in good/2
     (tmp_path / "Bad Name").mkdir()
     assert scan(tmp_path) == {"good": [1, 3]}
 
