@@ -287,9 +287,9 @@ class ModelRegistry:
                     key[0], str(key[1]), e.info.provider, e.info.device, str(e.members), e.execution
                 ).set(1)
         self.models = new  # the atomic swap: readers see the old dict or the new one
-        for key, lm in old.items():
-            if new.get(key) is not lm:
-                await self._retire(lm, retire_timeout_s)
+        # Retire together: one slow request holds the swap for at most one timeout, not one per version.
+        retired = [lm for key, lm in old.items() if new.get(key) is not lm]
+        await asyncio.gather(*(self._retire(lm, retire_timeout_s) for lm in retired))
 
     async def _retire(self, lm: LoadedModel, timeout_s: float | None = None) -> None:
         """Close a version that left the registry once the requests that looked it up have their answers."""
