@@ -226,11 +226,20 @@ def _detect_task(y: np.ndarray) -> str:
 
 
 def _check_finite(values: np.ndarray, names: list[str]) -> None:
-    bad = ~np.isfinite(values)
+    """Every value must be finite as it will be used: float32 (1e39 is finite in float64, inf in float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_used = np.asarray(values).astype(np.float32)
+    bad = ~np.isfinite(as_used)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        kind = "a missing (NaN)" if np.isnan(values[row, col]) else "an infinite"
-        raise DataError(f"column {names[col]!r} has {kind} value at row {row} (0-based data row)")
+        original = float(np.asarray(values, dtype=np.float64)[row, col])
+        if np.isnan(original):
+            kind = "a missing (NaN) value"
+        elif np.isinf(original):
+            kind = "an infinite value"
+        else:
+            kind = f"a value ({original:g}) too large for float32"
+        raise DataError(f"column {names[col]!r} has {kind} at row {row} (0-based data row)")
 
 
 def _finish(
