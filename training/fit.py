@@ -16,7 +16,7 @@ from torch import nn
 
 from training.data import Dataset, standardization
 from training.models import ARCHS, BN_POSITIONS, build_model
-from training.schedules import SCHEDULE_NAMES, LRSchedule
+from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 4096
@@ -58,6 +58,7 @@ class FitConfig:
             )
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
+        validate_params(self.schedule, self.schedule_params)
 
 
 @dataclass

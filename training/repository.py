@@ -218,7 +218,8 @@ def _check_metrics_finite(
     """NaN/inf metrics would become JSON null (refused by the server's manifest) or invalid JSON."""
     groups: list[tuple[str, dict[str, float]]] = [("ensemble", dict(ensemble_metrics or {}))]
     for i, m in enumerate(members):
-        groups += [(f"member-{i} validation", dict(m.val_metrics)), (f"member-{i} test", dict(m.test_metrics))]
+        groups.append((f"member-{i} validation", dict(m.val_metrics)))
+        groups.append((f"member-{i} test", dict(m.test_metrics)))
     for where, values in groups:
         for key, value in values.items():
             if isinstance(value, int | float) and not math.isfinite(float(value)):

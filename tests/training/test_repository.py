@@ -210,7 +210,7 @@ def test_regression_end_to_end(tmp_path: Path) -> None:
 def test_non_finite_metrics_are_refused_and_nothing_is_written(
     tmp_path: Path, cls_members: list[MemberArtifact], over: dict[str, Any]
 ) -> None:
-    with pytest.raises(RepositoryError, match="metric '(log_loss|accuracy)' is (nan|inf)"):
+    with pytest.raises(RepositoryError, match=r"metric '(log_loss|accuracy)' is (nan|inf)"):
         _write(tmp_path / "repo", cls_members, **over)
     assert _leftovers(tmp_path) == []
 
