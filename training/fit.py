@@ -61,6 +61,21 @@ class FitConfig:
         validate_params(self.schedule, self.schedule_params)
 
 
+class TrainingDiverged(ValueError):
+    """No usable model: the validation loss was never finite, or the weights became NaN/inf."""
+
+
+def check_converged(model: nn.Module, best_val_loss: float) -> None:
+    """Raise TrainingDiverged (exit 2 on the CLI: the user's settings, not a bug) for a diverged run."""
+    if not math.isfinite(best_val_loss):
+        reason = "no epoch had a finite validation loss"
+    elif not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        reason = "the weights became NaN or infinite"
+    else:
+        return
+    raise TrainingDiverged(f"training diverged ({reason}): lower the learning rate (--lr) and try again")
+
+
 @dataclass
 class FitResult:
     model: nn.Module  # best weights restored, in eval mode, on the CPU
@@ -263,4 +278,5 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
+    check_converged(model, best_val)
     return FitResult(model, history, best_epoch, best_val, time.perf_counter() - start, config)
