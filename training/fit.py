@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from training.data import Dataset, standardization
+from training.ensemble_predict import regression_metrics
 from training.models import ARCHS, BN_POSITIONS, build_model
 from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
@@ -187,11 +188,9 @@ def evaluate(model: nn.Module, ds: Dataset, idx: np.ndarray) -> dict[str, float]
         log_loss = float(nn.functional.cross_entropy(logits, y))
         accuracy = float((logits.argmax(1) == y).float().mean())
         return {"accuracy": accuracy, "log_loss": log_loss, "loss": log_loss}
-    y = ds.y[idx].astype(np.float64)
-    mse = float(np.mean((out.astype(np.float64) - y) ** 2))
-    ss_tot = float(np.sum((y - y.mean(axis=0)) ** 2))
-    r2 = 1.0 - float(np.sum((out - y) ** 2)) / ss_tot if ss_tot > 0 else 0.0
-    return {"rmse": math.sqrt(mse), "r2": r2, "loss": mse}
+    # The same rmse and R2 (mean of per-target R2, as scikit-learn) as the ensemble's held-out metrics.
+    scores = regression_metrics(ds.y[idx], out)
+    return {"rmse": scores["rmse"], "r2": scores["r2"], "loss": scores["rmse"] ** 2}
 
 
 def metric_name(ds: Dataset) -> str:

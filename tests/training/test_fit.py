@@ -158,3 +158,28 @@ def test_cli_diverged_fit_and_ensemble_exit_2(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: training diverged") and "\n" not in err
     assert not (tmp_path / "fit" / "metrics.json").exists() and not (repo / "d").exists()
+
+
+def test_multi_target_r2_is_the_mean_of_per_target_r2() -> None:
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    n = 40
+    # Two targets with very different variances: a variance-weighted R2 would be dominated by the second.
+    y = np.stack([rng.normal(size=n), 100 * rng.normal(size=n)], axis=1).astype(np.float32)
+    ds = Dataset(
+        rng.normal(size=(n, 3)).astype(np.float32), y, "regression", None, ["a", "b", "c"], None, "t"
+    )
+    pred = np.stack([np.zeros(n), y[:, 1] + rng.normal(size=n)], axis=1).astype(np.float32)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(pred[: x.shape[0]]) + 0 * self.p
+
+    metrics = evaluate(Fixed(), ds, np.arange(n))
+    assert metrics["r2"] == pytest.approx(r2_score(y, pred), rel=1e-5)
+    assert metrics["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-5)
