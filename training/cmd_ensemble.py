@@ -4,14 +4,17 @@ version of a model in the repository, with a report."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from training.args import add_common_args, apply_threads, config_from_args, load_from_args
 from training.cmd_search import add_search_args
-from training.data import kfold
+from training.data import Dataset, kfold
 from training.ensemble import (
     ARCH_CHOICES,
     ENSEMBLE_EPOCHS,
@@ -23,6 +26,8 @@ from training.ensemble import (
     write_ensemble_version,
 )
 from training.ensemble_report import summary_rows, text_table, write_ensemble_report
+from training.fit import FitConfig
+from training.lr_finder import lr_find, write_lr_find
 from training.search import SearchSettings, run_search
 
 DEFAULT_MEMBERS = 5
@@ -52,6 +57,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _range_test_lr(
+    ds: Dataset, rest: np.ndarray, base: FitConfig, args: argparse.Namespace, report_dir: Path
+) -> FitConfig:
+    """`--lr auto`: one LR range test on the non-test rows (fold 0 trains, its fold validates); every
+    member then trains with the suggestion. lr_find.csv/png go into the report (so into the version)."""
+    train_idx, val_idx = kfold(ds, rest, args.members, seed=args.seed)[0]
+    found = lr_find(ds, train_idx, val_idx, base)
+    write_lr_find(found, report_dir)
+    if not math.isfinite(found.suggestion):
+        raise ValueError("the LR range test gave no usable suggestion; pass --lr explicitly")
+    if not args.quiet:
+        print(f"lr range test: suggested lr {found.suggestion:.3g} ({found.rule})", file=sys.stderr)
+    return replace(base, lr=float(found.suggestion))
+
+
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     check_name(args.name)  # before any work: a bad name must not cost a training run
@@ -79,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         work = Path(tmp)
         report_dir = args.out if args.out is not None else work / "report"
         search_info = None
+        if args.lr == "auto":
+            settings.base = _range_test_lr(ds, rest, settings.base, args, report_dir)
         if args.trials is not None:
             # Search on the non-test rows: one fold validates, the others train (test rows stay unseen).
             train_idx, val_idx = kfold(ds, rest, args.members, seed=args.seed)[0]

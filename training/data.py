@@ -162,12 +162,18 @@ def _npz(path: Path, task: str | None) -> Dataset:
     if missing:
         raise DataError(f"{path.name} needs arrays 'X' and 'y'; it has: {', '.join(arrays) or 'none'}")
     X, y = arrays["X"], arrays["y"]
+    if X.ndim == 0:
+        raise DataError("X must be N x F, N x C x L or N x C x H x W; got a 0-d array (a single value)")
+    if y.ndim == 0 or y.ndim > 2 or (y.ndim == 2 and y.shape[1] == 0):
+        raise DataError(f"y must be 1-D (N targets) or N x T with T >= 1 (multi-target); got shape {y.shape}")
     if X.shape[0] == 0:
         raise DataError(f"{path} is empty (no rows)")
     if X.ndim < 2 or X.ndim > 4:
         raise DataError(f"X must be N x F, N x C x L or N x C x H x W; got shape {X.shape}")
     if y.shape[0] != X.shape[0]:
         raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if any(d == 0 for d in X.shape[1:]):
+        raise DataError(f"X has no features: shape {X.shape} (every row needs at least one value)")
     if not np.issubdtype(X.dtype, np.number) and X.dtype != np.bool_:
         raise DataError(f"X must be numeric; got dtype {X.dtype}")
     feature_shape = tuple(int(d) for d in X.shape[1:]) if X.ndim > 2 else None
@@ -226,11 +232,20 @@ def _detect_task(y: np.ndarray) -> str:
 
 
 def _check_finite(values: np.ndarray, names: list[str]) -> None:
-    bad = ~np.isfinite(values)
+    """Every value must be finite as it will be used: float32 (1e39 is finite in float64, inf in float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_used = np.asarray(values).astype(np.float32)
+    bad = ~np.isfinite(as_used)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        kind = "a missing (NaN)" if np.isnan(values[row, col]) else "an infinite"
-        raise DataError(f"column {names[col]!r} has {kind} value at row {row} (0-based data row)")
+        original = float(np.asarray(values, dtype=np.float64)[row, col])
+        if np.isnan(original):
+            kind = "a missing (NaN) value"
+        elif np.isinf(original):
+            kind = "an infinite value"
+        else:
+            kind = f"a value ({original:g}) too large for float32"
+        raise DataError(f"column {names[col]!r} has {kind} at row {row} (0-based data row)")
 
 
 def _finish(

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from training.data import Dataset, standardization
+from training.ensemble_predict import regression_metrics
 from training.models import ARCHS, BN_POSITIONS, build_model
-from training.schedules import SCHEDULE_NAMES, LRSchedule
+from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 EVAL_BATCH = 4096
@@ -58,6 +59,22 @@ class FitConfig:
             )
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
+        validate_params(self.schedule, self.schedule_params)
+
+
+class TrainingDiverged(ValueError):
+    """No usable model: the validation loss was never finite, or the weights became NaN/inf."""
+
+
+def check_converged(model: nn.Module, best_val_loss: float) -> None:
+    """Raise TrainingDiverged (exit 2 on the CLI: the user's settings, not a bug) for a diverged run."""
+    if not math.isfinite(best_val_loss):
+        reason = "no epoch had a finite validation loss"
+    elif not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        reason = "the weights became NaN or infinite"
+    else:
+        return
+    raise TrainingDiverged(f"training diverged ({reason}): lower the learning rate (--lr) and try again")
 
 
 @dataclass
@@ -171,11 +188,9 @@ def evaluate(model: nn.Module, ds: Dataset, idx: np.ndarray) -> dict[str, float]
         log_loss = float(nn.functional.cross_entropy(logits, y))
         accuracy = float((logits.argmax(1) == y).float().mean())
         return {"accuracy": accuracy, "log_loss": log_loss, "loss": log_loss}
-    y = ds.y[idx].astype(np.float64)
-    mse = float(np.mean((out.astype(np.float64) - y) ** 2))
-    ss_tot = float(np.sum((y - y.mean(axis=0)) ** 2))
-    r2 = 1.0 - float(np.sum((out - y) ** 2)) / ss_tot if ss_tot > 0 else 0.0
-    return {"rmse": math.sqrt(mse), "r2": r2, "loss": mse}
+    # The same rmse and R2 (mean of per-target R2, as scikit-learn) as the ensemble's held-out metrics.
+    scores = regression_metrics(ds.y[idx], out)
+    return {"rmse": scores["rmse"], "r2": scores["r2"], "loss": scores["rmse"] ** 2}
 
 
 def metric_name(ds: Dataset) -> str:
@@ -262,4 +277,5 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
+    check_converged(model, best_val)
     return FitResult(model, history, best_epoch, best_val, time.perf_counter() - start, config)

@@ -103,6 +103,7 @@ def range_test(
     """Run the test on `model`/`optimizer`, then put both back exactly as they were."""
     model_state = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(optimizer.state_dict())
+    was_training = model.training
     lrs: list[float] = []
     smooth: list[float] = []
     raw: list[float] = []
@@ -136,6 +137,7 @@ def range_test(
     finally:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(opt_state)
+        model.train(was_training)  # train/eval mode restored too (eval: BatchNorm running stats, no dropout)
     return lrs, smooth, raw, val_steps, val_metric
 
 

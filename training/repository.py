@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import platform
 import re
@@ -144,6 +145,7 @@ def write_version(
         raise RepositoryError("give both mean and std (the standardization in the graphs), or neither")
     if report_dir is not None and not Path(report_dir).is_dir():
         raise RepositoryError(f"report folder {report_dir} does not exist")
+    _check_metrics_finite(members, ensemble_metrics)
 
     model_dir = Path(repository) / name
     created_model_dir = not model_dir.exists()
@@ -208,6 +210,23 @@ def write_version(
             where = ".".join(str(p) for p in first["loc"]) or exc.title
             raise RepositoryError(f"the manifest would be invalid: {where}: {first['msg']}") from exc
         raise
+
+
+def _check_metrics_finite(
+    members: Sequence[MemberArtifact], ensemble_metrics: dict[str, float] | None
+) -> None:
+    """NaN/inf metrics would become JSON null (refused by the server's manifest) or invalid JSON."""
+    groups: list[tuple[str, dict[str, float]]] = [("ensemble", dict(ensemble_metrics or {}))]
+    for i, m in enumerate(members):
+        groups.append((f"member-{i} validation", dict(m.val_metrics)))
+        groups.append((f"member-{i} test", dict(m.test_metrics)))
+    for where, values in groups:
+        for key, value in values.items():
+            if isinstance(value, int | float) and not math.isfinite(float(value)):
+                raise RepositoryError(
+                    f"{where} metric {key!r} is {value}: training produced non-finite results "
+                    "(check the data and lower the learning rate)"
+                )
 
 
 def _publish(tmp: Path, model_dir: Path, fields: dict[str, Any]) -> Path:

@@ -43,10 +43,14 @@ def restarts(
 ) -> float:
     """SGDR: cosine anneals of length t0, t0*t_mult, t0*t_mult^2 ..., each starting again at `lr`."""
     length, start = t0, 0.0
-    while t >= start + length:
+    # validate_params requires t0 > 0 and t_mult >= 1, so each cycle is at least t0 long; the bound
+    # guards a direct caller that skipped validation (it would otherwise loop forever).
+    for _ in range(MAX_RESTART_CYCLES):
+        if t < start + length:
+            break
         start += length
         length *= t_mult
-    return _cos((t - start) / length, lr, min_lr)
+    return _cos((t - start) / max(length, 1e-12), lr, min_lr)
 
 
 def cyclic(t: float, lr: float, total: float, min_lr: float | None = None, step_size: float = 4) -> float:
@@ -76,6 +80,61 @@ SCHEDULES: dict[str, Callable[..., float]] = {
     "onecycle": onecycle,
 }
 SCHEDULE_NAMES = (*SCHEDULES, "plateau")
+
+
+MAX_RESTART_CYCLES = 10_000
+
+# Allowed parameters per schedule: name -> (low, low inclusive, high, high inclusive, must be an integer).
+_Range = tuple[float, bool, float, bool, bool]
+_POSITIVE: _Range = (0.0, False, math.inf, False, False)
+_NON_NEGATIVE: _Range = (0.0, True, math.inf, False, False)
+PARAM_RANGES: dict[str, dict[str, _Range]] = {
+    "constant": {},
+    "step": {"step_size": _POSITIVE, "gamma": _POSITIVE},
+    "cosine": {"min_lr": _NON_NEGATIVE},
+    "restarts": {"t0": _POSITIVE, "t_mult": (1.0, True, math.inf, False, False), "min_lr": _NON_NEGATIVE},
+    "cyclic": {"min_lr": _NON_NEGATIVE, "step_size": _POSITIVE},
+    "onecycle": {"pct_start": (0.0, True, 1.0, True, False), "div": _POSITIVE, "final_div": _POSITIVE},
+    "plateau": {
+        "factor": (0.0, False, 1.0, True, False),
+        "patience": (0.0, True, math.inf, False, True),
+        "min_lr": _NON_NEGATIVE,
+        "threshold": _NON_NEGATIVE,
+    },
+}
+
+
+def _describe(r: _Range) -> str:
+    lo, lo_in, hi, hi_in, integer = r
+    low = f"{'>=' if lo_in else '>'} {lo:g}"
+    text = low if math.isinf(hi) else f"{low} and {'<=' if hi_in else '<'} {hi:g}"
+    return f"an integer {text}" if integer else f"a finite number {text}"
+
+
+def validate_params(name: str, params: dict[str, Any]) -> None:
+    """Raise ValueError (one line) for an unknown name or an out-of-range/non-finite value for `name`."""
+    if name not in PARAM_RANGES:
+        raise ValueError(f"unknown schedule {name!r}: use one of {', '.join(SCHEDULE_NAMES)}")
+    allowed = PARAM_RANGES[name]
+    for key, value in params.items():
+        if key not in allowed:
+            takes = ", ".join(allowed) or "no parameters"
+            raise ValueError(f"bad parameter for schedule {name!r}: {key!r} is unknown (it takes {takes})")
+        r = allowed[key]
+        lo, lo_in, hi, hi_in, integer = r
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        ok = (
+            math.isfinite(v)
+            and (v >= lo if lo_in else v > lo)
+            and (v <= hi if hi_in else v < hi)
+            and (not integer or v.is_integer())
+        )
+        if not ok:
+            must = _describe(r)
+            raise ValueError(f"schedule {name!r} parameter {key}={value} is invalid: it must be {must}")
 
 
 class Plateau:
@@ -114,6 +173,7 @@ class LRSchedule:
     ) -> None:
         if name not in SCHEDULE_NAMES:
             raise ValueError(f"unknown schedule {name!r}: use one of {', '.join(SCHEDULE_NAMES)}")
+        validate_params(name, params)
         self.optimizer, self.name, self.lr, self.total, self.params = optimizer, name, lr, total, params
         try:  # fail early, with a clear message, on a parameter the schedule does not take
             self.plateau = Plateau(lr, **params) if name == "plateau" else None

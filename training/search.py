@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from training.data import Dataset
-from training.fit import FitConfig, fit
+from training.fit import FitConfig, TrainingDiverged, fit
 from training.search_space import (
     NarrowedSampler,
     Param,
@@ -179,7 +179,10 @@ def run_trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    result = fit(ds, train_idx, val_idx, config, progress=False, epoch_callback=on_epoch)
+    try:
+        result = fit(ds, train_idx, val_idx, config, progress=False, epoch_callback=on_epoch)
+    except TrainingDiverged as exc:  # a diverging configuration is a bad trial, not a broken search
+        raise optuna.TrialPruned(str(exc)) from None
     if not math.isfinite(result.best_val_loss):
         raise optuna.TrialPruned("no finite validation loss")
     best = result.history[result.best_epoch - 1]

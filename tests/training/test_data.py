@@ -151,3 +151,36 @@ def test_standardization_uses_only_the_rows_given_and_floors_constant_features()
     np.testing.assert_allclose(mean, [2.0, 5.0, 0.0])
     np.testing.assert_allclose(std, [1.0, 1.0, 1.0])  # constant columns get std 1
     assert mean.dtype == std.dtype == np.float32
+
+
+def test_values_finite_in_float64_but_not_float32_are_refused(tmp_path: Path) -> None:
+    df = _table()
+    df.loc[5, "a"] = 1e39
+    with pytest.raises(DataError, match=r"column 'a' has a value \(1e\+39\) too large for float32 at row 5"):
+        load_dataset(_csv(tmp_path, df), target="label")
+    df = _table()
+    df["t"] = np.linspace(0.0, 1.0, len(df))
+    df.loc[9, "t"] = -1e39
+    with pytest.raises(DataError, match=r"column 't' has a value \(-1e\+39\) too large for float32 at row 9"):
+        load_dataset(_csv(tmp_path, df, "r.csv"), target="t", task="regression")
+    with pytest.raises(DataError, match=r"column 't' has a value .* too large for float32 at row 9"):
+        load_dataset(_csv(tmp_path, df, "m.csv"), target="t,label")
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.zeros((4, 2)), np.array(3.0), r"y must be 1-D .* got shape \(\)"),
+        (np.zeros((4, 2)), np.zeros((4, 0)), r"y must be 1-D .* got shape \(4, 0\)"),
+        (np.zeros((4, 2)), np.zeros((4, 2, 2)), r"y must be 1-D .* got shape \(4, 2, 2\)"),
+        (np.zeros((4, 0)), np.arange(4.0), r"X has no features: shape \(4, 0\)"),
+        (np.zeros((4, 1, 0)), np.arange(4.0), r"X has no features: shape \(4, 1, 0\)"),
+        (np.array(1.0), np.arange(4.0), "got a 0-d array"),
+    ],
+)
+def test_npz_degenerate_shapes_are_data_errors(
+    tmp_path: Path, X: np.ndarray, y: np.ndarray, message: str
+) -> None:
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(tmp_path / "d.npz"))

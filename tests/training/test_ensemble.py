@@ -186,3 +186,17 @@ def test_search_first_then_members_use_the_best_parameters(tmp_path: Path) -> No
             best["params"]["width"],
             best["params"]["optimizer"],
         )
+
+
+def test_lr_auto_runs_the_range_test_and_members_use_its_suggestion(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    argv = ["ensemble", "--data", "digits", "--members", "2", "--arch", "mlp", "--lr", "auto", *TINY]
+    assert main([*argv, "--repository", str(repo), "--name", "auto"]) == 0
+    version = repo / "auto" / "1"
+    assert (version / "report" / "lr_find.png").is_file()
+    rows = (version / "report" / "lr_find.csv").read_text().splitlines()
+    assert len(rows) > 10 and rows[0].startswith("step,lr,loss")
+    lrs = {m.hyperparameters["lr"] for m in read_manifest(version).members}
+    assert len(lrs) == 1
+    (lr,) = lrs
+    assert lr != 3e-3 and 1e-7 <= lr <= 10.0  # the suggestion, not the placeholder default

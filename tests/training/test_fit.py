@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from training.data import Dataset, load_dataset, split
-from training.fit import FitConfig, batches, evaluate, fit
+from training.fit import FitConfig, TrainingDiverged, batches, check_converged, evaluate, fit
 from training.lr_finder import lr_find, write_lr_find
 
 
@@ -128,3 +128,58 @@ def test_lr_find_restores_nothing_leaks_and_writes_files(digits, tmp_path: Path)
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     header = (tmp_path / "lr_find.csv").read_text().splitlines()[0]
     assert header == "step,lr,loss,smoothed_loss,val_accuracy"
+
+
+def test_a_diverged_run_is_a_clear_error_not_nan_metrics(digits) -> None:
+    ds, train, val, _ = digits
+    config = _small(epochs=2, lr=1e8, schedule="constant", optimizer="sgd")
+    with pytest.raises(TrainingDiverged, match=r"training diverged .*lower the learning rate"):
+        fit(ds, train, val, config, progress=False)
+
+
+def test_check_converged_catches_nan_weights_with_a_finite_loss() -> None:
+    model = torch.nn.Linear(2, 1)
+    check_converged(model, 0.5)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="weights became NaN or infinite"):
+        check_converged(model, 0.5)
+
+
+def test_cli_diverged_fit_and_ensemble_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    bad = ["--data", "digits", "--epochs", "1", "--lr", "1e8", "--schedule", "constant", "--optimizer", "sgd"]
+    assert main(["fit", *bad, "--quiet", "--out", str(tmp_path / "fit")]) == 2
+    assert "training diverged" in capsys.readouterr().err
+    repo = tmp_path / "repo"
+    argv = ["ensemble", *bad, "--members", "2", "--quiet", "--repository", str(repo), "--name", "d"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training diverged") and "\n" not in err
+    assert not (tmp_path / "fit" / "metrics.json").exists() and not (repo / "d").exists()
+
+
+def test_multi_target_r2_is_the_mean_of_per_target_r2() -> None:
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    n = 40
+    # Two targets with very different variances: a variance-weighted R2 would be dominated by the second.
+    y = np.stack([rng.normal(size=n), 100 * rng.normal(size=n)], axis=1).astype(np.float32)
+    ds = Dataset(
+        rng.normal(size=(n, 3)).astype(np.float32), y, "regression", None, ["a", "b", "c"], None, "t"
+    )
+    pred = np.stack([np.zeros(n), y[:, 1] + rng.normal(size=n)], axis=1).astype(np.float32)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(pred[: x.shape[0]]) + 0 * self.p
+
+    metrics = evaluate(Fixed(), ds, np.arange(n))
+    assert metrics["r2"] == pytest.approx(r2_score(y, pred), rel=1e-5)
+    assert metrics["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-5)

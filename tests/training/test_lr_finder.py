@@ -69,3 +69,13 @@ def test_range_test_stops_on_divergence_and_restores_state() -> None:
         assert torch.equal(v, before[k]), k
     assert opt.state_dict()["state"] == opt_before["state"] == {}
     assert opt.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_range_test_restores_the_train_or_eval_mode(training: bool) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    model.train(training)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    range_test(model, opt, lambda: (x, y), torch.nn.functional.mse_loss, num_steps=5, validate=lambda: 0.0)
+    assert all(m.training == training for m in model.modules())

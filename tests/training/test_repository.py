@@ -198,3 +198,25 @@ def test_regression_end_to_end(tmp_path: Path) -> None:
     expected = np.mean([torch_output(trained("reg", seed), x, "regression") for seed in range(3)], axis=0)
     np.testing.assert_allclose(served["prediction"], expected, rtol=1e-5, atol=1e-4)
     assert served["spread"].shape == (37, 2) and np.all(served["spread"] > 0)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"ensemble_metrics": {"accuracy": 0.9, "log_loss": float("nan")}},
+        {"ensemble_metrics": {"accuracy": float("inf"), "log_loss": 0.3}},
+    ],
+)
+def test_non_finite_metrics_are_refused_and_nothing_is_written(
+    tmp_path: Path, cls_members: list[MemberArtifact], over: dict[str, Any]
+) -> None:
+    with pytest.raises(RepositoryError, match=r"metric '(log_loss|accuracy)' is (nan|inf)"):
+        _write(tmp_path / "repo", cls_members, **over)
+    assert _leftovers(tmp_path) == []
+
+
+def test_non_finite_member_metrics_are_refused(tmp_path: Path, cls_members: list[MemberArtifact]) -> None:
+    bad = MemberArtifact(onnx_path=cls_members[0].onnx_path, val_metrics={"loss": float("nan")})
+    with pytest.raises(RepositoryError, match="member-1 validation metric 'loss' is nan"):
+        _write(tmp_path / "repo", [cls_members[0], bad])
+    assert _leftovers(tmp_path) == []

@@ -1,8 +1,12 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from training.cli import main
+from training.fit import FitConfig
 from training.schedules import (
     LRSchedule,
     Plateau,
@@ -88,3 +92,36 @@ def test_lr_schedule_plateau_and_bad_names() -> None:
         LRSchedule(opt, "sawtooth", 1.0, 10, {})
     with pytest.raises(ValueError, match="bad parameter for schedule 'cosine'"):
         LRSchedule(opt, "cosine", 1.0, 10, {"gamma": 2})
+
+
+@pytest.mark.parametrize(
+    ("schedule", "params", "message"),
+    [
+        ("restarts", {"t0": 0}, "t0=0 is invalid: it must be a finite number > 0"),
+        ("restarts", {"t0": 2, "t_mult": 0.5}, "t_mult=0.5 is invalid: it must be a finite number >= 1"),
+        ("step", {"step_size": 0}, "step_size=0 is invalid"),
+        ("cyclic", {"step_size": 0}, "step_size=0 is invalid"),
+        ("onecycle", {"div": 0}, "div=0 is invalid"),
+        ("step", {"gamma": -1}, "gamma=-1 is invalid"),
+        ("cosine", {"min_lr": math.nan}, "min_lr=nan is invalid"),
+        ("plateau", {"patience": 1.5}, "patience=1.5 is invalid: it must be an integer >= 0"),
+        ("onecycle", {"t0": 3}, "bad parameter for schedule 'onecycle': 't0' is unknown"),
+    ],
+)
+def test_bad_schedule_params_are_one_line_errors(schedule: str, params: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FitConfig(schedule=schedule, schedule_params=params).validate()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LRSchedule(opt, schedule, 1.0, 10, params)
+
+
+def test_restarts_loop_is_bounded_even_without_validation() -> None:
+    assert math.isfinite(restarts(5.0, 1.0, 10, t0=2, t_mult=0.5))
+
+
+def test_cli_bad_schedule_param_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["fit", "--data", "digits", "--epochs", "1", "--quiet", "--out", str(tmp_path)]
+    assert main([*argv, "--schedule", "restarts", "--schedule-param", "t0=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: schedule 'restarts' parameter t0=0.0 is invalid") and "\n" not in err
