@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 
 from server.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServerError
+from server.protocol.binary import HEADER_LENGTH_HEADER
 
 log = logging.getLogger("server")
 
@@ -40,7 +41,6 @@ _V1_PREDICT = re.compile(r"/v1/models/([^/]+):predict")
 
 _CONTENT_LENGTH = b"content-length"
 _HEADER_LENGTH = b"inference-header-content-length"
-_HEADER_LENGTH_NAME = "Inference-Header-Content-Length"
 TARGET = "ensemble.infer"  # scope key: (model, version or None, protocol)
 
 
@@ -172,7 +172,7 @@ class InferEndpoint:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             await send_reply(send, 500, orjson.dumps({"error": "Internal server error."}), "application/json")
             return
-        extra = None if out_header_length is None else {_HEADER_LENGTH_NAME: str(out_header_length)}
+        extra = None if out_header_length is None else {HEADER_LENGTH_HEADER: str(out_header_length)}
         await send_reply(send, 200, body, content_type, extra)
 
 

@@ -54,6 +54,32 @@ def random_weights(rng: np.random.Generator, sizes: list[int]) -> list[tuple[np.
     ]
 
 
+def make_manifest(
+    name: str = "m",
+    version: int = 1,
+    task: str = "classification",
+    n_features: int = 2,
+    width: int = 3,
+    *,
+    labels: list[str] | None = None,
+    members: list[dict] | None = None,
+) -> Manifest:
+    """A valid manifest with input ``[-1, n_features]``; labels default to class_0..; members to one stub."""
+    if labels is None and task == "classification":
+        labels = [f"class_{c}" for c in range(width)]
+    return Manifest.model_validate(
+        {
+            "name": name,
+            "version": version,
+            "task": task,
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, n_features]}],
+            "outputs": [o.model_dump() for o in output_specs(task, width)],  # type: ignore[arg-type]
+            "labels": labels,
+            "members": members if members is not None else [{"file": "member-0.onnx", "sha256": "0" * 64}],
+        }
+    )
+
+
 def write_version(
     root: Path,
     name: str,
@@ -77,17 +103,7 @@ def write_version(
         path = vdir / f"member-{i}.onnx"
         onnx.save(member_graph(weights, task), str(path))
         member_entries.append({"file": path.name, "sha256": sha256_file(path), "seed": i})
-    manifest = Manifest.model_validate(
-        {
-            "name": name,
-            "version": version,
-            "task": task,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, n_features]}],
-            "outputs": [o.model_dump() for o in output_specs(task, width)],  # type: ignore[arg-type]
-            "labels": [f"class_{c}" for c in range(width)] if task == "classification" else None,
-            "members": member_entries,
-        }
-    )
+    manifest = make_manifest(name, version, task, n_features, width, members=member_entries)
     (vdir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return all_weights
 

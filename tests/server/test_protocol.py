@@ -7,21 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.errors import BadRequest
-from server.manifest import Manifest, output_specs
 from server.protocol import v1, v2
 from server.protocol.common import parse_json_object
+from tests.helpers.onnx_repo import make_manifest
 
-MANIFEST = Manifest.model_validate(
-    {
-        "name": "m",
-        "version": 1,
-        "task": "classification",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
-        "outputs": [o.model_dump() for o in output_specs("classification", 3)],
-        "labels": ["a", "b", "c"],
-        "members": [{"file": "member-0.onnx", "sha256": "0" * 64}],
-    }
-)
+MANIFEST = make_manifest(labels=["a", "b", "c"])
 
 
 def tensor(**over: object) -> dict:

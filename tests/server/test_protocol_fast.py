@@ -12,20 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.errors import BadRequest
-from server.manifest import Manifest, output_specs
 from server.protocol import v2
+from tests.helpers.onnx_repo import make_manifest
 
-MANIFEST = Manifest.model_validate(
-    {
-        "name": "m",
-        "version": 1,
-        "task": "classification",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
-        "outputs": [o.model_dump() for o in output_specs("classification", 3)],
-        "labels": ["a", "b", "c"],
-        "members": [{"file": "member-0.onnx", "sha256": "0" * 64}],
-    }
-)
+MANIFEST = make_manifest(labels=["a", "b", "c"])
 ROWS = np.array([[1.5, -2.0], [3.25, 4.0]], dtype=np.float32)
 
 

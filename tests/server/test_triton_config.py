@@ -10,21 +10,20 @@ from typing import Any
 import orjson
 import pytest
 
-from server.manifest import Manifest, output_specs
+from server.manifest import Manifest
 from server.triton_config import CONFIG_DATATYPES, model_config, model_metadata
+from tests.helpers.onnx_repo import make_manifest
 
 
 def _manifest(task: str, width: int, n_features: int = 4) -> Manifest:
-    return Manifest.model_validate(
-        {
-            "name": "digits" if task == "classification" else "houses",
-            "version": 2,
-            "task": task,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, n_features]}],
-            "outputs": [o.model_dump() for o in output_specs(task, width)],  # type: ignore[arg-type]
-            "labels": [f"class,{i}" for i in range(width)] if task == "classification" else None,
-            "members": [{"file": f"member-{i}.onnx", "sha256": "0" * 64} for i in range(3)],
-        }
+    return make_manifest(
+        "digits" if task == "classification" else "houses",
+        2,
+        task,
+        n_features,
+        width,
+        labels=[f"class,{i}" for i in range(width)] if task == "classification" else None,
+        members=[{"file": f"member-{i}.onnx", "sha256": "0" * 64} for i in range(3)],
     )
 
 
