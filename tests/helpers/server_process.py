@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -83,3 +83,13 @@ def running_server(repo: Path, env: dict[str, str], log: Path) -> Iterator[Serve
         yield proc
     finally:
         proc.stop()
+
+
+def wait_for(condition: Callable[[], bool], what: str = "condition", timeout_s: float = 20) -> None:
+    """Poll `condition` every 50 ms until it holds; fail the test after `timeout_s`."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

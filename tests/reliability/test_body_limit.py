@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, wait_for
 from tests.reliability.conftest import MAX_BODY_BYTES, OPEN_SERVER_TIMEOUT_S
 from tests.reliability.rawhttp import parse_response
 from tests.reliability.record import record
@@ -151,9 +151,7 @@ def test_a_client_that_leaves_mid_body_is_counted_499_not_500(
             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"inp'
         )
         time.sleep(0.2)  # let the server start reading the body
-    deadline = time.monotonic() + 5
-    while _outcome_count(proc, "499") == before_499 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: _outcome_count(proc, "499") != before_499, "the 499 to be counted", 5)
     assert _outcome_count(proc, "499") == before_499 + 1
     assert _outcome_count(proc, "500") == before_500
     assert proc.client.post("/v2/models/iris/infer", content=b"{}").status_code == 400  # still serving

@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from server.settings import Settings
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, wait_for
 from tests.reliability.conftest import Repo, build_repo, start
 from tests.reliability.record import record
 
@@ -61,18 +58,7 @@ def test_broken_models_at_start_up_leave_the_server_live_not_ready(server: Serve
     assert answers_exactly(server, repo)
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_broken_new_versions_while_serving_are_refused_and_counted(tmp_path: Path) -> None:
-    if "repository_poll_interval_s" not in Settings.model_fields:
-        pytest.skip("hot reload (the repository_poll_interval_s setting) is not in this server")
     staging = build_repo(tmp_path / "staging")
     root = tmp_path / "repo"
     root.mkdir()

@@ -6,14 +6,13 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from tests.helpers.onnx_repo import corrupt_manifest, numpy_member, write_version
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, wait_for
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [-1.0, 0.5, 2.0, -3.0]], dtype=np.float32)
 
@@ -57,15 +56,6 @@ class ClientLoop:
 
     def versions_since(self, start: int) -> set[str]:
         return {a.get("model_version", "?") for _, a in self.answers[start:]}
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20, what: str = "condition") -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def failures_metric(server: ServerProcess) -> float:
