@@ -79,6 +79,7 @@ def tensorrt_loadable() -> bool:
             return True
         except OSError:
             continue
+    log.info("TensorRT libraries (libnvinfer) not found: not offering TensorrtExecutionProvider")
     return False
 
 
@@ -89,7 +90,6 @@ def loadable_providers(available: list[str]) -> list[str]:
     dropping ours; so decide here, and say so once in the log.
     """
     if TRT in available and not tensorrt_loadable():
-        log.info("TensorRT libraries (libnvinfer) not found: not offering TensorrtExecutionProvider")
         return [p for p in available if p != TRT]
     return available
 
