@@ -134,18 +134,22 @@ class Batcher:
     def _pop(self) -> _Item | None:
         """The next live item (timed-out or cancelled ones are dropped here)."""
         while self._queue:
-            item = self._queue.popleft()
-            item.taken = True
-            self._set_depth(-len(item.x))
+            item = self._popleft()
             if not item.future.done():
                 return item
         return None
+
+    def _popleft(self) -> _Item:
+        item = self._queue.popleft()
+        item.taken = True
+        self._set_depth(-len(item.x))
+        return item
 
     def _take_more(self, batch: list[_Item], rows: int) -> int:
         while self._queue and rows < self.max_batch_size:
             nxt = self._queue[0]
             if nxt.future.done():  # timed out or cancelled: drop it, and judge the next one on its own
-                self._pop_dead()
+                self._popleft()
                 continue
             if rows + len(nxt.x) > self.max_batch_size:
                 break
@@ -154,11 +158,6 @@ class Batcher:
                 batch.append(item)
                 rows += len(item.x)
         return rows
-
-    def _pop_dead(self) -> None:
-        item = self._queue.popleft()
-        item.taken = True
-        self._set_depth(-len(item.x))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
