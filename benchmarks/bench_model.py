@@ -23,16 +23,7 @@ def _torch_members(n_members: int, seed: int) -> tuple[list[object], np.ndarray,
     import torch
     from torch import nn
 
-    class Standardize(nn.Module):
-        """(x - mean) / std with fixed buffers: the normalization a member bakes into its graph."""
-
-        def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-            super().__init__()
-            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (x - self.mean) / self.std
+    from training.models import Standardize
 
     def block(n_in: int, n_out: int) -> list[nn.Module]:
         return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(), nn.Dropout(0.1)]

@@ -12,22 +12,13 @@ import torch
 from torch import nn
 
 from training.export import export_member
+from training.models import Standardize
 from training.repository import MemberArtifact
 
 N_FEATURES = 64
 FEATURE_SHAPE = (1, 8, 8)
 N_CLASSES = 3
 N_TARGETS = 2
-
-
-class Standardize(nn.Module):
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class BatchNormMLP(nn.Module):
