@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from training.args import add_common_args, apply_threads, config_from_args, load_from_args
-from training.cmd_search import add_search_args
+from training.cmd_search import add_search_args, settings_from_args
 from training.data import Dataset, kfold
 from training.ensemble import (
     ARCH_CHOICES,
@@ -28,7 +28,7 @@ from training.ensemble import (
 from training.ensemble_report import summary_rows, text_table, write_ensemble_report
 from training.fit import FitConfig
 from training.lr_finder import lr_find, write_lr_find
-from training.search import SearchSettings, run_search
+from training.search import run_search
 
 DEFAULT_MEMBERS = 5
 
@@ -104,18 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if args.trials is not None:
             # Search on the non-test rows: one fold validates, the others train (test rows stay unseen).
             train_idx, val_idx = kfold(ds, rest, args.members, seed=args.seed)[0]
-            search = SearchSettings(
-                trials=args.trials,
-                out=report_dir / "search",
-                base=base,
-                timeout=args.timeout,
-                storage=args.storage,
-                study=args.study,
-                workers=args.workers,
-                seed=args.seed,
-                quiet=args.quiet,
-            )
-            found = run_search(ds, train_idx, val_idx, search)
+            found = run_search(ds, train_idx, val_idx, settings_from_args(args, report_dir / "search", base))
             settings.base = found.config
             search_info = {
                 "best_trial": found.best_trial,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from training.args import add_common_args, apply_threads, config_from_args, load_from_args, split_from_args
+from training.fit import FitConfig
 from training.search import SearchSettings, run_search
 
 
@@ -30,11 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace, out: Path) -> SearchSettings:
+def settings_from_args(args: argparse.Namespace, out: Path, base: FitConfig | None = None) -> SearchSettings:
+    """The search options of `args`; `base` (the fixed, unsearched settings) defaults to args' own."""
     return SearchSettings(
         trials=args.trials,
         out=out,
-        base=config_from_args(args),
+        base=base if base is not None else config_from_args(args),
         timeout=args.timeout,
         storage=args.storage,
         study=args.study,
