@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -155,6 +155,30 @@ def training_loss(model: nn.Module, ds: Dataset) -> Callable[[torch.Tensor, torc
     return mse
 
 
+class TrainingSetup(NamedTuple):
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    X: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator  # the shuffling order depends on the seed only
+
+
+def setup_training(ds: Dataset, train_idx: np.ndarray, config: FitConfig) -> TrainingSetup:
+    """Seeded model, optimizer, loss and training rows on the device: how fit and the range test start."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    model = make_model(ds, train_idx, config).to(device)
+    return TrainingSetup(
+        model,
+        make_optimizer(model, config),
+        training_loss(model, ds),
+        torch.from_numpy(ds.X[train_idx]).to(device),
+        torch.from_numpy(ds.y[train_idx]).to(device),
+        torch.Generator().manual_seed(config.seed),
+    )
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Shuffled index batches. A last batch of one row would break BatchNorm, so it joins the one before."""
     perm = torch.randperm(n, generator=generator)
@@ -212,15 +236,8 @@ def fit(
     """
     config.validate()
     start = time.perf_counter()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model = make_model(ds, train_idx, config).to(device)
-    optimizer = make_optimizer(model, config)
+    model, optimizer, loss_fn, X, y, generator = setup_training(ds, train_idx, config)
     schedule = LRSchedule(optimizer, config.schedule, config.lr, config.epochs, config.schedule_params)
-    loss_fn = training_loss(model, ds)
-    X = torch.from_numpy(ds.X[train_idx]).to(device)
-    y = torch.from_numpy(ds.y[train_idx]).to(device)
-    generator = torch.Generator().manual_seed(config.seed)  # the shuffling order depends on the seed only
     metric = metric_name(ds)
 
     history: list[dict[str, float]] = []

@@ -24,11 +24,7 @@ from training.fit import (
     FitConfig,
     batches,
     evaluate,
-    make_model,
-    make_optimizer,
-    resolve_device,
-    seed_everything,
-    training_loss,
+    setup_training,
 )
 
 
@@ -157,14 +153,7 @@ def lr_find(
         raise ValueError(f"unknown suggestion rule {rule!r}: use one of {', '.join(SUGGESTIONS)}")
     config.validate()
     t0 = time.perf_counter()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model = make_model(ds, train_idx, config).to(device)
-    optimizer = make_optimizer(model, config)
-    loss_fn = training_loss(model, ds)
-    X = torch.from_numpy(ds.X[train_idx]).to(device)
-    y = torch.from_numpy(ds.y[train_idx]).to(device)
-    generator = torch.Generator().manual_seed(config.seed)
+    model, optimizer, loss_fn, X, y, generator = setup_training(ds, train_idx, config)
     stream: list[torch.Tensor] = []
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
