@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from tests.helpers.server_process import ServerProcess, wait_for
+from testing.server_process import ServerProcess, wait_for
 from tests.reliability.conftest import MAX_BODY_BYTES, OPEN_SERVER_TIMEOUT_S
 from tests.reliability.rawhttp import parse_response
 from tests.reliability.record import record

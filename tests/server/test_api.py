@@ -5,7 +5,7 @@ import socket
 import numpy as np
 import pytest
 
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

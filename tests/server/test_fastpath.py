@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from server.app import create_app
 from server.fastpath import match
 from server.metrics import Metrics
 from server.settings import Settings
+from testing.repositories import Repository
 
 SETTINGS = {"warmup_runs": 0, "max_batch_size": 8, "max_body_bytes": 4000}
 
@@ -29,10 +29,10 @@ def loaded(client: TestClient) -> TestClient:
 
 
 @pytest.fixture
-def clients(repo: Path) -> Iterator[tuple[TestClient, TestClient]]:
+def clients(repo: Repository) -> Iterator[tuple[TestClient, TestClient]]:
     """(fast path on, fast path off): two apps on the same repository."""
-    fast = create_app(Settings(model_repository=repo, **SETTINGS))
-    slow = create_app(Settings(model_repository=repo, **SETTINGS))
+    fast = create_app(Settings(model_repository=repo.root, **SETTINGS))
+    slow = create_app(Settings(model_repository=repo.root, **SETTINGS))
     slow.fast_app = None  # type: ignore[attr-defined]
     with (
         TestClient(fast, raise_server_exceptions=False) as a,
@@ -106,9 +106,9 @@ def test_match_takes_only_the_inference_routes() -> None:
         assert match(other) is None, other
 
 
-def test_fast_path_counts_every_request(repo: Path) -> None:
+def test_fast_path_counts_every_request(repo: Repository) -> None:
     metrics = Metrics()
-    app = create_app(Settings(model_repository=repo, **SETTINGS), metrics)
+    app = create_app(Settings(model_repository=repo.root, **SETTINGS), metrics)
     with TestClient(app, raise_server_exceptions=False) as client:
         loaded(client)
         assert client.post("/v1/models/iris:predict", json={"instances": ROWS}).status_code == 200
@@ -124,8 +124,8 @@ def test_fast_path_counts_every_request(repo: Path) -> None:
     assert r("ensemble_inferred_rows_total", {"model": "iris", "version": "2"}) == 2
 
 
-def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
-    app = create_app(Settings(model_repository=repo, cors_origins=["http://ui.example"], **SETTINGS))
+def test_with_cors_the_routes_answer_with_cors_headers(repo: Repository) -> None:
+    app = create_app(Settings(model_repository=repo.root, cors_origins=["http://ui.example"], **SETTINGS))
     with TestClient(app) as client:
         r = loaded(client).post(
             "/v1/models/iris:predict", json={"instances": ROWS}, headers={"Origin": "http://ui.example"}
@@ -133,8 +133,8 @@ def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
 
 
-def test_inference_does_not_go_through_the_router(repo: Path) -> None:
-    app = create_app(Settings(model_repository=repo, **SETTINGS))
+def test_inference_does_not_go_through_the_router(repo: Repository) -> None:
+    app = create_app(Settings(model_repository=repo.root, **SETTINGS))
     app.router.routes = [r for r in app.router.routes if "infer" not in r.path and "predict" not in r.path]
     with TestClient(app) as client:
         assert loaded(client).post("/v1/models/iris:predict", json={"instances": ROWS}).status_code == 200

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from server.errors import BadRequest
 from server.protocol import v1, v2
 from server.protocol.common import parse_json_object
-from tests.helpers.onnx_repo import make_manifest
+from testing.repositories import make_manifest
 
 MANIFEST = make_manifest(labels=["a", "b", "c"])
 

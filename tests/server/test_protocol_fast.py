@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from server.errors import BadRequest
 from server.protocol import v2
-from tests.helpers.onnx_repo import make_manifest
+from testing.repositories import make_manifest
 
 MANIFEST = make_manifest(labels=["a", "b", "c"])
 ROWS = np.array([[1.5, -2.0], [3.25, 4.0]], dtype=np.float32)
