@@ -1,5 +1,5 @@
-"""The body limit is enforced while the body streams in (extends tests/server/test_api_limits.py and the
-413 tests in tests/server/test_api.py, which send whole bodies at once): a slow chunked upload past the
+"""The body limit is enforced while the body streams in (extends tests/server/http/test_api_limits.py and the
+413 tests in tests/server/http/test_api.py, which send whole bodies at once): a slow chunked upload past the
 limit sees its 413 and ``Connection: close`` before it has sent everything, and a slow chunked upload
 under the limit is read whole and answered."""
 

@@ -1,4 +1,4 @@
-"""SIGTERM under 64 concurrent clients that each send their own rows (extends tests/server/test_drain.py,
+"""SIGTERM under 64 concurrent clients that each send their own rows (extends tests/server/http/test_drain.py,
 whose load threads share a few fixed inputs, so a mixed-up answer between equal-sized requests would pass
 there): every 200 is the exact answer for the caller's rows, the only other outcomes are 503 ``{"error"}``
 or no connection, both after the signal, and the process exits 0 within the drain timeout."""

@@ -1,4 +1,4 @@
-"""Integration: a real server process on 127.0.0.1 serving the `repo` fixture (see conftest)."""
+"""Integration: a real server process on 127.0.0.1 serving the `repo` fixture (testing.fixtures)."""
 
 import socket
 
