@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     """On SIGTERM: readiness turns false, new requests get 503, and the requests already accepted get this
     many seconds to finish before the process exits (0 on a clean drain)."""
 
+    # ---- worker processes (server.workers)
+    workers: int | Literal["auto"] = 1
+    """Full server processes on one port (each with its own sessions and batcher), supervised by a parent;
+    ``auto``: one per CPU this process may use (affinity and cgroup quota). 1: a single process, no parent."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and uvicorn."""
 
@@ -87,6 +92,20 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty: no CORS headers."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value  # an int (>= 1, checked below) or a string pydantic turns into one
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_positive(cls, value: int | str) -> int | str:
+        if value != "auto" and int(value) < 1:
+            raise ValueError("workers must be a positive number or 'auto'")
+        return value
 
     @field_validator("version_policy")
     @classmethod

@@ -1,0 +1,196 @@
+"""A worker's side of ``--workers N``: its channel to the parent, shared readiness, and cluster steps.
+
+Each worker is a full server; what must agree across them goes through the parent (``server.workers``):
+
+- readiness: every worker writes its own slot of a shared array; each one's readiness reads all slots, so a
+  probe that reaches any worker answers for the whole server;
+- admin load/unload: the worker that gets the call forwards it to the parent, which runs it on every
+  worker and answers once all have acknowledged;
+- hot reload: the parent polls the repository once; every change is staged by every worker (loaded and
+  warmed, not yet served) and then committed everywhere, or aborted everywhere.
+
+With one worker (no parent) none of this exists: ``Cluster`` is ``None`` and the server is as it always was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from server.drain import DrainingServer
+from server.errors import ServerError, Unavailable
+from server.repository import ModelStatus
+from server.settings import Settings
+
+log = logging.getLogger("server.cluster")
+
+# ("ok", value) | ("error", status_code, message) | ("gone",) for a worker that died before it answered.
+Reply = tuple[Any, ...]
+# How often a worker rewrites its readiness slot (a probe reads every slot; this bounds how stale one is).
+READY_REFRESH_S = 0.05
+
+
+class Steps(Protocol):
+    """What a worker does when the parent asks (implemented over the model registry)."""
+
+    async def run(self, step: str, *args: Any) -> Any: ...
+
+
+class ClusterError(ServerError):
+    """An error another worker (or the parent) answered, re-raised here with its status and message."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class WorkerLink:
+    """The worker's end of the parent's channel; its methods run on the worker's event loop."""
+
+    def __init__(self, index: int, conn: Connection, ready: Any, unloaded: frozenset[str]) -> None:
+        self.index, self.conn, self._ready, self.unloaded = index, conn, ready, unloaded
+        self._calls: dict[int, asyncio.Future[Reply]] = {}
+        self._ids = itertools.count()
+        self._steps: Steps | None = None
+        self._local_ready: Callable[[], bool] = lambda: False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ start
+    def start(self, steps: Steps, local_ready: Callable[[], bool]) -> None:
+        """Begin answering the parent; call on the worker's running event loop once it serves."""
+        self.loop = asyncio.get_running_loop()
+        self._steps, self._local_ready = steps, local_ready
+        threading.Thread(target=self._read, name="parent-link", daemon=True).start()
+        self._spawn(self._refresh_ready())
+        self._send(("hello",))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # a reference, so that the task is not collected while it runs
+        task.add_done_callback(self._tasks.discard)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the parent is gone: the reader thread saw it too
+            self.conn.send(message)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            self.loop.call_soon_threadsafe(self._dispatch, message)
+        # The parent died (killed, or crashed): nobody would restart or stop us; drain and exit.
+        log.error("worker %d lost its parent: draining", self.index)
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "step":
+            _, step_id, step, args = message
+            self._spawn(self._run_step(step_id, step, args))
+        elif message[0] == "reply":
+            _, call_id, reply = message
+            future = self._calls.pop(call_id, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _run_step(self, step_id: int, step: str, args: tuple[Any, ...]) -> None:
+        assert self._steps is not None
+        try:
+            reply: Reply = ("ok", await self._steps.run(step, *args))
+        except ServerError as exc:
+            reply = ("error", exc.status_code, exc.message)
+        except Exception as exc:
+            log.exception("cluster step %s failed", step)
+            reply = ("error", 503, f"A worker could not {step.replace('_', ' ')}: {type(exc).__name__}.")
+        self._send(("ack", step_id, reply))
+
+    # ------------------------------------------------------------------ readiness
+    async def _refresh_ready(self) -> None:
+        while True:
+            self._ready[self.index] = 1 if self._local_ready() else 0
+            await asyncio.sleep(READY_REFRESH_S)
+
+    def all_ready(self) -> bool:
+        """Every worker's registry is ready (this one's read now, the others' as last written)."""
+        self._ready[self.index] = 1 if self._local_ready() else 0
+        return all(self._ready)
+
+    def not_ready_workers(self) -> list[int]:
+        return [i for i, ready in enumerate(self._ready) if not ready]
+
+    # ------------------------------------------------------------------ calls to the whole cluster
+    async def call(self, op: str, *args: Any) -> Any:
+        """Run `op` (``load`` / ``unload``) on every worker; raises the first worker's error, if any."""
+        call_id = next(self._ids)
+        future = self._calls[call_id] = self.loop.create_future()
+        self._send(("call", call_id, op, args))
+        try:
+            reply = await future
+        finally:
+            self._calls.pop(call_id, None)
+        if reply[0] == "ok":
+            return reply[1]
+        if reply[0] == "error":
+            raise ClusterError(reply[1], reply[2])
+        raise Unavailable("The server is restarting a worker; try again.", retry_after_s=1)
+
+
+def worker_main(
+    settings: Settings,
+    index: int,
+    sock: socket.socket,
+    conn: Connection,
+    ready: Any,
+    unloaded: frozenset[str],
+) -> None:
+    """The spawned worker process: a full server on the parent's socket, linked to the parent."""
+    # Its own process group: a Ctrl-C in a terminal reaches the parent alone, which then drains every worker
+    # once (a second signal would cut the drain short).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    from server.cli import serve
+
+    link = WorkerLink(index, conn, ready, unloaded)
+    sys.exit(serve(settings, sockets=[sock], link=link))
+
+
+class RegistrySteps:
+    """The cluster steps over this worker's model registry."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    async def run(self, step: str, *args: Any) -> Any:
+        if step == "unload":
+            await self.registry.unload(*args)
+            return None
+        raise Unavailable(f"Unknown cluster step {step}.")
+
+
+class LinkedServer(DrainingServer):
+    """The worker's uvicorn server: links to the parent once it serves."""
+
+    def __init__(
+        self, config: Any, state: Any, drain_timeout_s: float, link: WorkerLink, registry: Any
+    ) -> None:
+        super().__init__(config, state, drain_timeout_s)
+        self.link, self.registry = link, registry
+        for name in link.unloaded:  # unloaded by an admin call before this worker started: stays so
+            registry.status[name] = ModelStatus(name, state="unloaded", reason="unloaded by request")
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.link.start(RegistrySteps(self.registry), self.registry.is_ready)
