@@ -73,29 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     workers = resolve_workers(settings.workers)
     if workers > 1:
         return run_workers(settings, workers)
-    # ----
     return serve(settings)
 
 
 def serve(
-    settings: Settings, sockets: list[socket.socket] | None = None, link: WorkerLink | None = None
+    settings: Settings, sockets: list[socket.socket] | None = None, cluster: WorkerLink | None = None
 ) -> int:
-    """One server process until it has drained; `sockets` and `link` come from a parent (server.workers)."""
+    """One server process, until it has drained; a worker gets its `sockets` and `cluster` from the parent."""
+    # ----
     import uvicorn
 
-    from server.app import create_app
-    from server.drain import DrainingServer
+    from server.http.app import create_app
+    from server.http.drain import DrainingServer
+    from server.lifecycle import build_services
 
     # uvicorn re-raises a signal it caught (a second SIGTERM/SIGINT) after its shutdown under the handler
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    if link is not None:
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format=f"%(asctime)s %(levelname)s worker-{link.index} %(name)s: %(message)s",
-        )
-    app = create_app(settings)
+    services = build_services(settings, cluster=cluster)
+    app = create_app(services)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -105,12 +102,7 @@ def serve(
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
-    if link is None:
-        server = DrainingServer(config, app.state.drain, settings.drain_timeout_s)
-    else:
-        from server.cluster import LinkedServer
-
-        server = LinkedServer(config, app.state.drain, settings.drain_timeout_s, link, app.state.registry)
+    server = DrainingServer(config, services.drain, settings.drain_timeout_s)
     server.run(sockets)
     # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
     return 0 if server.started else 3

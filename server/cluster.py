@@ -23,13 +23,12 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
-from server.drain import DrainingServer
 from server.errors import ServerError, Unavailable
-from server.repository import ModelStatus
+from server.repository import ModelRegistry, ModelStatus, Staged
 from server.settings import Settings
 
 log = logging.getLogger("server.cluster")
@@ -38,12 +37,6 @@ log = logging.getLogger("server.cluster")
 Reply = tuple[Any, ...]
 # How often a worker rewrites its readiness slot (a probe reads every slot; this bounds how stale one is).
 READY_REFRESH_S = 0.05
-
-
-class Steps(Protocol):
-    """What a worker does when the parent asks (implemented over the model registry)."""
-
-    async def run(self, step: str, *args: Any) -> Any: ...
 
 
 class ClusterError(ServerError):
@@ -61,17 +54,27 @@ class WorkerLink:
         self.index, self.conn, self._ready, self.unloaded = index, conn, ready, unloaded
         self._calls: dict[int, asyncio.Future[Reply]] = {}
         self._ids = itertools.count()
-        self._steps: Steps | None = None
-        self._local_ready: Callable[[], bool] = lambda: False
+        self.registry: ModelRegistry | None = None
+        self._staged: Staged | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ start
-    def start(self, steps: Steps, local_ready: Callable[[], bool]) -> None:
-        """Begin answering the parent; call on the worker's running event loop once it serves."""
+    def start(self, registry: ModelRegistry) -> None:
+        """Begin answering the parent (on the worker's event loop, before the first load starts)."""
         self.loop = asyncio.get_running_loop()
-        self._steps, self._local_ready = steps, local_ready
+        self.registry = registry
+        for name in self.unloaded:  # unloaded by an admin call before this worker started: stays so
+            registry.status[name] = ModelStatus(name, state="unloaded", reason="unloaded by request")
         threading.Thread(target=self._read, name="parent-link", daemon=True).start()
         self._spawn(self._refresh_ready())
+        self._spawn(self._hello())
+
+    async def _hello(self) -> None:
+        # Steps only once the first load is over: that load is this worker's own; every later change is
+        # the cluster's, so nothing else changes the registry between a step's stage and its commit.
+        assert self.registry is not None
+        while not self.registry.loaded_once:
+            await asyncio.sleep(READY_REFRESH_S)
         self._send(("hello",))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -106,9 +109,8 @@ class WorkerLink:
                 future.set_result(reply)
 
     async def _run_step(self, step_id: int, step: str, args: tuple[Any, ...]) -> None:
-        assert self._steps is not None
         try:
-            reply: Reply = ("ok", await self._steps.run(step, *args))
+            reply: Reply = ("ok", await self._step(step, *args))
         except ServerError as exc:
             reply = ("error", exc.status_code, exc.message)
         except Exception as exc:
@@ -116,7 +118,29 @@ class WorkerLink:
             reply = ("error", 503, f"A worker could not {step.replace('_', ' ')}: {type(exc).__name__}.")
         self._send(("ack", step_id, reply))
 
+    async def _step(self, step: str, *args: Any) -> Any:
+        """One step of a cluster-wide change on this worker's registry; returns what the parent compares."""
+        registry = self.registry
+        assert registry is not None
+        if step == "unload":
+            await registry.unload(*args)
+            return None
+        if step in ("stage_reload", "stage_load"):
+            if self._staged is not None:  # a change the parent never finished (it cannot: one at a time)
+                registry.abort(self._staged)
+            self._staged = await registry.stage(step.removeprefix("stage_"), *args)
+            return self._staged.summary()
+        staged, self._staged = self._staged, None
+        if staged is not None and step == "commit":
+            await registry.commit(staged)
+        elif staged is not None and step == "abort":
+            registry.abort(staged)
+        return None
+
     # ------------------------------------------------------------------ readiness
+    def _local_ready(self) -> bool:
+        return self.registry is not None and self.registry.is_ready()
+
     async def _refresh_ready(self) -> None:
         while True:
             self._ready[self.index] = 1 if self._local_ready() else 0
@@ -127,8 +151,9 @@ class WorkerLink:
         self._ready[self.index] = 1 if self._local_ready() else 0
         return all(self._ready)
 
-    def not_ready_workers(self) -> list[int]:
-        return [i for i, ready in enumerate(self._ready) if not ready]
+    def readiness(self) -> dict[str, Any]:
+        """Why the server is not ready although this worker is: the workers still loading."""
+        return {"workers_not_ready": [i for i, ready in enumerate(self._ready) if not ready]}
 
     # ------------------------------------------------------------------ calls to the whole cluster
     async def call(self, op: str, *args: Any) -> Any:
@@ -160,37 +185,10 @@ def worker_main(
     # once (a second signal would cut the drain short).
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
+    )
     from server.cli import serve
 
-    link = WorkerLink(index, conn, ready, unloaded)
-    sys.exit(serve(settings, sockets=[sock], link=link))
-
-
-class RegistrySteps:
-    """The cluster steps over this worker's model registry."""
-
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-
-    async def run(self, step: str, *args: Any) -> Any:
-        if step == "unload":
-            await self.registry.unload(*args)
-            return None
-        raise Unavailable(f"Unknown cluster step {step}.")
-
-
-class LinkedServer(DrainingServer):
-    """The worker's uvicorn server: links to the parent once it serves."""
-
-    def __init__(
-        self, config: Any, state: Any, drain_timeout_s: float, link: WorkerLink, registry: Any
-    ) -> None:
-        super().__init__(config, state, drain_timeout_s)
-        self.link, self.registry = link, registry
-        for name in link.unloaded:  # unloaded by an admin call before this worker started: stays so
-            registry.status[name] = ModelStatus(name, state="unloaded", reason="unloaded by request")
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self.link.start(RegistrySteps(self.registry), self.registry.is_ready)
+    sys.exit(serve(settings, sockets=[sock], cluster=WorkerLink(index, conn, ready, unloaded)))
