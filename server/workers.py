@@ -38,8 +38,11 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
-from server.cluster import Reply, worker_main
 from server.settings import Settings
+
+# Nothing here may import prometheus_client (server.cluster, server.metrics...) at module level: the parent
+# chooses the multiprocess mode by setting PROMETHEUS_MULTIPROC_DIR before its first import.
+Reply = tuple[Any, ...]  # as server.cluster.Reply
 
 log = logging.getLogger("server.workers")
 
@@ -135,6 +138,8 @@ class Supervisor:
         return self.settings.model_copy(update=update)
 
     def _spawn(self, index: int) -> Worker:
+        from server.cluster import worker_main
+
         parent_end, child_end = SPAWN.Pipe(duplex=True)
         process = SPAWN.Process(
             target=worker_main,
