@@ -19,7 +19,7 @@ from benchmarks import payloads, report
 from benchmarks.minimal_asgi import app as minimal_app
 from benchmarks.wrk_runner import parse_output
 from server.manifest import read_manifest
-from server.protocol.binary import parse_infer_request
+from server.protocol.v2 import parse_infer_request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
