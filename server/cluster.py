@@ -50,8 +50,11 @@ class ClusterError(ServerError):
 class WorkerLink:
     """The worker's end of the parent's channel; its methods run on the worker's event loop."""
 
-    def __init__(self, index: int, conn: Connection, ready: Any, unloaded: frozenset[str]) -> None:
+    def __init__(
+        self, index: int, conn: Connection, ready: Any, unloaded: frozenset[str], replacement: bool = False
+    ) -> None:
         self.index, self.conn, self._ready, self.unloaded = index, conn, ready, unloaded
+        self.replacement = replacement  # started in place of a worker that died: the others serve now
         self._calls: dict[int, asyncio.Future[Reply]] = {}
         self._ids = itertools.count()
         self.registry: ModelRegistry | None = None
@@ -68,6 +71,14 @@ class WorkerLink:
         threading.Thread(target=self._read, name="parent-link", daemon=True).start()
         self._spawn(self._refresh_ready())
         self._spawn(self._hello())
+
+    async def ready_to_serve(self, loading: asyncio.Task[None]) -> None:
+        """A replacement worker waits for its first load before it accepts connections: on the shared
+        socket it would otherwise take requests that a loaded worker could answer, and answer them 503.
+        The first workers accept at once, so that liveness answers while they all load."""
+        assert self.registry is not None
+        while self.replacement and not self.registry.loaded_once and not loading.done():
+            await asyncio.sleep(READY_REFRESH_S)
 
     async def _hello(self) -> None:
         # Steps only once the first load is over: that load is this worker's own; every later change is
@@ -95,8 +106,14 @@ class WorkerLink:
             self.loop.call_soon_threadsafe(self._dispatch, message)
         # The parent died (killed, or crashed): nobody would restart or stop us; drain and exit.
         log.error("worker %d lost its parent: draining", self.index)
+        self.loop.call_soon_threadsafe(self._parent_gone)
         with contextlib.suppress(OSError):
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def _parent_gone(self) -> None:
+        for future in self._calls.values():  # no reply will come: the callers get a 503, not a hang
+            if not future.done():
+                future.set_result(("gone",))
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         if message[0] == "step":
@@ -169,7 +186,7 @@ class WorkerLink:
             return reply[1]
         if reply[0] == "error":
             raise ClusterError(reply[1], reply[2])
-        raise Unavailable("The server is restarting a worker; try again.", retry_after_s=1)
+        raise Unavailable("The workers' supervisor is gone; try another replica.", retry_after_s=1)
 
 
 def worker_main(
@@ -179,6 +196,7 @@ def worker_main(
     conn: Connection,
     ready: Any,
     unloaded: frozenset[str],
+    replacement: bool = False,
 ) -> None:
     """The spawned worker process: a full server on the parent's socket, linked to the parent."""
     # Its own process group: a Ctrl-C in a terminal reaches the parent alone, which then drains every worker
@@ -191,4 +209,4 @@ def worker_main(
     )
     from server.cli import serve
 
-    sys.exit(serve(settings, sockets=[sock], cluster=WorkerLink(index, conn, ready, unloaded)))
+    sys.exit(serve(settings, sockets=[sock], cluster=WorkerLink(index, conn, ready, unloaded, replacement)))

@@ -96,6 +96,8 @@ async def running(services: Services) -> AsyncIterator[Services]:
     if services.cluster is not None:  # ---- worker processes: answer the parent's steps (server.cluster)
         services.cluster.start(services.registry)
     background = asyncio.create_task(load_then_poll(services))
+    if services.cluster is not None:  # a restarted worker accepts connections once it can answer them
+        await services.cluster.ready_to_serve(background)
     try:
         yield services
     finally:

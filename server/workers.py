@@ -137,7 +137,7 @@ class Supervisor:
             update["intra_op_threads"] = default_intra_op_threads(max(1, usable_cpus() // self.n))
         return self.settings.model_copy(update=update)
 
-    def _spawn(self, index: int) -> Worker:
+    def _spawn(self, index: int, replacement: bool = False) -> Worker:
         from server.cluster import worker_main
 
         parent_end, child_end = SPAWN.Pipe(duplex=True)
@@ -151,6 +151,7 @@ class Supervisor:
                 "conn": child_end,
                 "ready": self.ready,
                 "unloaded": frozenset(self.coordinator.unloaded),
+                "replacement": replacement,
             },
         )
         self.ready[index] = 0
@@ -228,7 +229,7 @@ class Supervisor:
                     self._restart_at.clear()
                 elif time.monotonic() >= at:
                     del self._restart_at[index]
-                    self.workers[index] = self._spawn(index)
+                    self.workers[index] = self._spawn(index, replacement=True)
             live = [w for w in self.workers if w is not None]
             timeout = 0.1 if self._restart_at else 1.0
             ready = wait(
@@ -308,6 +309,10 @@ class Coordinator:
         if self.poller.interval_s > 0:
             self._poll = asyncio.create_task(self.poller.run())
         await self._stopped.wait()
+        assert self._lock is not None
+        with contextlib.suppress(TimeoutError):  # let an operation under way answer its caller
+            async with asyncio.timeout(EXIT_GRACE_S), self._lock:
+                pass
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -331,6 +336,9 @@ class Coordinator:
             self.loop.call_soon_threadsafe(self._resolve, (step_id, w.pid), reply)
         elif kind == "call":
             _, call_id, op, args = message
+            if self.sup.stopping:
+                w.send(("reply", call_id, ("error", 503, "The server is shutting down; try elsewhere.")))
+                return
             future = asyncio.run_coroutine_threadsafe(self.call(op, *args), self.loop)
             future.add_done_callback(lambda f: w.send(("reply", call_id, _outcome(f))))
 
