@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ort_limit, payloads, processes, report, soak
+from benchmarks import ort_limit, payloads, processes, report, scaling, soak
 from benchmarks.bench_model import build_repository
 from benchmarks.wrk_runner import Payload, run_wrk, wrk_path
 from server.manifest import read_manifest
@@ -195,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", help="measure only the cells matching protocol:rows:concurrency patterns, e.g. v2bin:*:64"
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the soak (for quick experiments)")
+    parser.add_argument(
+        "--scaling-workers", help="worker counts of the scaling table, e.g. 1,2,4 (default 1, 2, 4 ... CPUs)"
+    )
+    parser.add_argument("--no-scaling", action="store_true", help="skip the worker scaling table")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.soak_requests, args.soak_seconds = 1.0, 1, 500, 3.0
@@ -359,6 +363,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for service in services.values():
             processes.stop(service)
+
+    # Worker scaling: a fresh `--workers k` server per row, alone on the machine (the others are stopped).
+    if not (args.quick or args.no_scaling) and results["services"]["ours"].get("available"):
+        from server.runtime import usable_cpus
+
+        wanted = args.scaling_workers
+        counts = [int(c) for c in wanted.split(",")] if wanted else scaling.default_counts(usable_cpus())
+        print(f"worker scaling: {counts}...", flush=True)
+        results["scaling"] = scaling.measure(
+            repository, model, bodies[("v1", 1)], counts, args.seconds, args.repeats, work
+        )
 
     training = []
     if not args.skip_training:
