@@ -1,4 +1,5 @@
-"""server.protocol.v2 (and its tensor codecs) against the real tritonclient (2.41.1): its request bodies, its response reader."""
+"""server.protocol.v2 and its tensor codecs against the real tritonclient (2.41.1): its request bodies and
+its response reader."""
 
 from __future__ import annotations
 

@@ -20,9 +20,13 @@ INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/
 PREDICT_PATH = "/v1/models/{name}:predict"
 
 
+def settings_for(repo: Path) -> Settings:
+    return Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0)
+
+
 @pytest.fixture(scope="module")
 def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(build_services(Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0)))
+    app = create_app(build_services(settings_for(repo)))
     with TestClient(app) as c:
         yield c
 
@@ -89,7 +93,7 @@ def test_without_the_assets_package_docs_are_off_but_openapi_stays(
     import server.http.docs
 
     monkeypatch.setattr(server.http.docs, "assets_dir", lambda: None)
-    app = create_app(build_services(Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0)))
+    app = create_app(build_services(settings_for(repo)))
     with TestClient(app) as c:
         assert c.get("/docs").status_code == 404
         assert PREDICT_PATH in c.get("/openapi.json").json()["paths"]

@@ -75,7 +75,8 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("unknown version", "/v2/models/iris/versions/9/infer", json.dumps(V2_JSON).encode(), {}, 404),
     ("bad version", "/v2/models/iris/versions/x/infer", json.dumps(V2_JSON).encode(), {}, 404),
     ("broken model", "/v2/models/broken/infer", json.dumps(V2_JSON).encode(), {}, 503),
-    ("too large", "/v1/models/iris:predict", b'{"instances": [' + b"[1,2,3,4]," * 500 + b"[1,2,3,4]]}", {}, 413),
+    ("too large", "/v1/models/iris:predict", b'{"instances": [' + b"[1,2,3,4]," * 500 + b"[1,2,3,4]]}", {},
+     413),
     ("bad header length", "/v2/models/iris/infer", json.dumps(V2_JSON).encode(),
      {"Inference-Header-Content-Length": "x"}, 400),
     ("trailing slash", "/v2/models/iris/infer/", json.dumps(V2_JSON).encode(), {}, 307),
@@ -98,7 +99,8 @@ def test_the_routes_answer_as_pinned(
         assert r.headers["content-type"] == "application/octet-stream"
         assert int(r.headers["inference-header-content-length"]) < len(r.content)
     else:
-        assert r.headers["content-type"] == "application/json" and "inference-header-content-length" not in r.headers
+        assert r.headers["content-type"] == "application/json"
+        assert "inference-header-content-length" not in r.headers
 
 
 def test_match_reads_the_route_table() -> None:

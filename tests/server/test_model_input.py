@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from server.errors import BadRequest
-from server.manifest import InputSpec
 from server.inputs import model_input
+from server.manifest import InputSpec
 from server.protocol.tensors import ProtocolError
 from server.protocol.v2 import parse_infer_request
 

@@ -115,9 +115,9 @@ def test_regression_config_defaults() -> None:
     assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
     assert config["instance_group"] == [{"name": "houses", "kind": "KIND_CPU", "count": 1}]
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
-    assert model_config(MANIFESTS[1], max_batch_size=8, max_queue_delay_us=0, version_policy=VersionPolicy("all"))[
-        "version_policy"
-    ] == {"all": {}}
+    every = VersionPolicy("all")
+    every_config = model_config(MANIFESTS[1], max_batch_size=8, max_queue_delay_us=0, version_policy=every)
+    assert every_config["version_policy"] == {"all": {}}
     assert "labels" not in config["parameters"]
 
 
