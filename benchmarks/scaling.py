@@ -1,6 +1,7 @@
 """Worker scaling: req/s and server CPU per request for ``--workers 1..N`` on single-row V1 requests.
 
-Each worker count gets a fresh server (``--workers k``); wrk loads it at each concurrency in turn. CPU is
+Each worker count gets its own server (``--workers k``), all started first; the cells then run
+round-robin over them (as ``benchmarks.run`` does across systems). CPU is
 the parent's and every worker's user + system time over the run (from /proc), divided by the requests
 answered: flat CPU per request with more workers means the extra processes cost nothing per request, and
 the req/s column then shows how far the cores (not Python) became the limit. Efficiency is
@@ -72,46 +73,66 @@ def measure(
     repeats: int,
     work: Path,
 ) -> list[dict[str, Any]]:
-    """One row per (workers, concurrency, repeat): rps, p50/p99, errors, server CPU µs per request."""
+    """One row per (workers, concurrency, repeat): rps, p50/p99, errors, server CPU µs per request.
+
+    Every server starts first; then the cells run round-robin over the worker counts (order reversed on
+    odd repeats), so that drift in what else the machine runs hits every row alike."""
     runs: list[dict[str, Any]] = []
     path = payloads.url_path("v1", model)
-    for k in counts:
-        port = processes.free_port()
-        argv = [
-            sys.executable, "-m", "server", "--model-repository", str(repository), "--host", processes.HOST,
-            "--port", str(port), "--workers", str(k), "--repository-poll-interval-s", "0",
-        ]  # fmt: skip
-        service = processes.start(f"workers-{k}", argv, work / f"workers-{k}.log")
-        try:
-            if not processes.wait_ready(service, "/v2/health/ready", READY_TIMEOUT_S):
+    services: dict[int, processes.Service] = {}
+    try:
+        for k in counts:
+            port = processes.free_port()
+            argv = [
+                sys.executable, "-m", "server", "--model-repository", str(repository), "--host",
+                processes.HOST, "--port", str(port), "--workers", str(k), "--repository-poll-interval-s", "0",
+            ]  # fmt: skip
+            services[k] = processes.start(f"workers-{k}", argv, work / f"workers-{k}.log")
+        trees: dict[int, list[int]] = {}
+        for k, service in services.items():
+            if processes.wait_ready(service, "/v2/health/ready", READY_TIMEOUT_S):
+                trees[k] = process_tree(service.process.pid)
+                run_wrk(service.base_url + path, payload, 16, 1)  # warm-up
+            else:
                 runs.append({"workers": k, "note": f"not ready within {READY_TIMEOUT_S:.0f} s"})
-                continue
-            pids = process_tree(service.process.pid)
-            run_wrk(service.base_url + path, payload, 16, 1)  # warm-up
-            processes.wait_idle(service.process.pid)
-            for repeat in range(repeats):
-                for conc in CONCURRENCIES if repeat % 2 == 0 else CONCURRENCIES[::-1]:
-                    cpu0, t0 = tree_cpu_seconds(pids), time.perf_counter()
-                    result = run_wrk(service.base_url + path, payload, conc, seconds)
-                    cpu = tree_cpu_seconds(pids) - cpu0
-                    wall = time.perf_counter() - t0
-                    row = {
-                        "workers": k, "concurrency": conc, "repeat": repeat, "rps": result.rps,
-                        "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": result.errors,
-                        "cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else None,
-                        "cores_busy": cpu / wall,
-                    }  # fmt: skip
-                    runs.append(row)
-                    print(
-                        f"  workers {k:2d} c {conc:3d}: {result.rps:9,.0f} req/s  p99 {result.p99_ms:7.2f} ms"
-                        f"  cpu {row['cpu_us_per_request'] or 0:6.0f} us/req  errors {result.errors}",
-                        flush=True,
-                    )
-                    for pid in pids:
-                        processes.wait_idle(pid, timeout_s=2)
-        finally:
+        for repeat in range(repeats):
+            for conc in CONCURRENCIES if repeat % 2 == 0 else CONCURRENCIES[::-1]:
+                for k in list(trees) if repeat % 2 == 0 else list(trees)[::-1]:
+                    runs.append(_cell(services[k], trees[k], path, payload, k, conc, seconds, repeat))
+    finally:
+        for service in services.values():
             processes.stop(service, grace_s=20)
     return runs
+
+
+def _cell(
+    service: processes.Service,
+    pids: list[int],
+    path: str,
+    payload: Payload,
+    k: int,
+    conc: int,
+    seconds: float,
+    repeat: int,
+) -> dict[str, Any]:
+    for pid in pids:  # the previous cell's backlog must not be charged to this one
+        processes.wait_idle(pid, timeout_s=2)
+    cpu0, t0 = tree_cpu_seconds(pids), time.perf_counter()
+    result = run_wrk(service.base_url + path, payload, conc, seconds)
+    cpu = tree_cpu_seconds(pids) - cpu0
+    wall = time.perf_counter() - t0
+    row = {
+        "workers": k, "concurrency": conc, "repeat": repeat, "rps": result.rps, "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms, "errors": result.errors,
+        "cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else None,
+        "cores_busy": cpu / wall,
+    }  # fmt: skip
+    print(
+        f"  workers {k:2d} c {conc:3d}: {result.rps:9,.0f} req/s  p99 {result.p99_ms:7.2f} ms"
+        f"  cpu {row['cpu_us_per_request'] or 0:6.0f} us/req  errors {result.errors}",
+        flush=True,
+    )
+    return row
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -146,9 +167,10 @@ def markdown(runs: list[dict[str, Any]], machine: str) -> list[str]:
     lines = [
         "## Worker processes: scaling (single row, V1)",
         "",
-        f"Machine: {machine}. Each row is a fresh `ensemble-serve --workers k`; wrk (one thread) shares the"
-        " cores. CPU is the server's (parent and workers), per answered request; efficiency is"
-        " req/s(k) / (k × req/s(1)); marginal is what each added worker brought, in one worker's req/s.",
+        f"Machine: {machine}. Each row is its own `ensemble-serve --workers k` (all started first, cells"
+        " round-robin); wrk (one thread) shares the cores. CPU is the server's (parent and workers), per"
+        " answered request; efficiency is req/s(k) / (k × req/s(1)); marginal is what each added worker"
+        " brought, in one worker's req/s.",
         "",
         "| workers | connections | req/s | p99 ms | server CPU µs/request | cores busy | efficiency |"
         " marginal per added worker | errors |",
