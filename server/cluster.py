@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from server.errors import ServerError, Unavailable
+from server.metric_files import FLUSH_INTERVAL_S
 from server.repository import ModelRegistry, ModelStatus, Staged
 from server.settings import Settings
 
@@ -70,7 +71,14 @@ class WorkerLink:
             registry.status[name] = ModelStatus(name, state="unloaded", reason="unloaded by request")
         threading.Thread(target=self._read, name="parent-link", daemon=True).start()
         self._spawn(self._refresh_ready())
+        self._spawn(self._flush_metrics())
         self._spawn(self._hello())
+
+    async def _flush_metrics(self) -> None:
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.registry.metrics.flush()
 
     async def ready_to_serve(self, loading: asyncio.Task[None]) -> None:
         """A replacement worker waits for its first load before it accepts connections: on the shared

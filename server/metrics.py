@@ -22,11 +22,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
-    values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from server import metric_files
 from server.stats import Statistics
 
 # From 100 µs to 10 s: single-row CPU inference sits well under a millisecond, timeouts at seconds.
@@ -38,11 +38,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The `_created` series double every counter and histogram for little use here.
 disable_created_metrics()
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # A worker is spawned, never forked, so its pid is fixed: the default class asks the kernel for it on
-    # every update (a system call per counter increment, ~15 per request). Set before any metric exists.
-    _PID = os.getpid()
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _PID)
 MV = ("model", "version")
 
 
@@ -56,6 +51,7 @@ class Metrics:
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._scraped = r
         if self.multiprocess_dir:
+            metric_files.install()  # before the first metric: values written in batches (server.metric_files)
             self._scraped = CollectorRegistry()
             MultiProcessCollector(self._scraped, self.multiprocess_dir)
         self.requests = Counter(
@@ -113,7 +109,14 @@ class Metrics:
             warnings.simplefilter("ignore", UserWarning)
             self.model_info.remove(*labels)
 
+    def flush(self) -> None:
+        """With workers: write this worker's changed values to its files (the others' reads see them)."""
+        if self.multiprocess_dir:
+            metric_files.flush()
+            self.stats.flush()
+
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self._scraped)
 
 

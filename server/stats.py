@@ -16,6 +16,7 @@ of one stage's time per worker).
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
@@ -49,16 +50,20 @@ class _SharedFile:
         self.folder = os.path.join(folder, "stats")
         os.makedirs(self.folder, exist_ok=True)
         self._file = MmapedDict(os.path.join(self.folder, f"stats_{os.getpid()}.db"))
-        self._keys: dict[tuple[str, str, str], str] = {}
+        self._pending: dict[tuple[str, str, str], float] = {}  # written by flush() (server.metric_files)
+        atexit.register(self.flush)
 
     def write(self, model: str, version: str, name: str, value: float) -> None:
-        key = self._keys.get((model, version, name))
-        if key is None:
-            key = self._keys[(model, version, name)] = json.dumps([model, version, name])
-        self._file.write_value(key, value, 0.0)
+        self._pending[(model, version, name)] = value
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for (model, version, name), value in pending.items():
+            self._file.write_value(json.dumps([model, version, name]), value, 0.0)
 
     def totals(self) -> dict[tuple[str, str], ModelStats]:
         """Every process's figures summed (last inference: the latest)."""
+        self.flush()  # this process's own figures are always current
         out: dict[tuple[str, str], ModelStats] = {}
         for path in glob.glob(os.path.join(self.folder, "stats_*.db")):
             try:
@@ -117,6 +122,10 @@ class Statistics:
             self._publish(model, version, s, ("queue", "compute_input", "compute_infer", "compute_output"))
             for name in ("inference_count", "execution_count", "last_inference_ms"):
                 self._shared.write(model, version, name, getattr(s, name))
+
+    def flush(self) -> None:
+        if self._shared is not None:
+            self._shared.flush()
 
     def _publish(self, model: str, version: str, s: ModelStats, stages: tuple[str, ...]) -> None:
         assert self._shared is not None

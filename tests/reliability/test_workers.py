@@ -161,7 +161,8 @@ def test_kill_9_of_one_worker_under_64_clients(tmp_path: Path) -> None:
     assert len(failed) <= CLIENTS
     assert any(o.started > t_kill + 1 for o in ok)  # the other worker (then both) kept answering
     assert restarts == 1
-    assert after - before >= len(ok) - len(failed)  # the dead worker's counts stayed; new ones added
+    # The dead worker's counts stayed (less its last unflushed tenth of a second); the others' add to them.
+    assert after - before >= 0.8 * len(ok)
     assert "died (signal SIGKILL): restarting it" in (tmp_path / "server.log").read_text()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from server.cli import main
+from server.metric_files import FLUSH_INTERVAL_S
 from server.runtime import usable_cpus
 from server.workers import resolve_workers
 from tests.helpers.onnx_repo import write_version
@@ -74,8 +76,15 @@ def test_two_workers_serve_one_port_and_every_request_is_counted_once(server: Se
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda i: predict(server, i).status_code, range(k)))
     assert codes == [200] * k
-    # One scrape of either worker: every request exactly once, V1 and V2 alike.
-    assert scrape(server.client, "ensemble_requests_total", model="iris") - before == k
+
+    def counted() -> float:
+        return scrape(server.client, "ensemble_requests_total", model="iris") - before
+
+    # One scrape of either worker: every request exactly once, V1 and V2 alike (the other worker's values
+    # reach the files within server.metric_files.FLUSH_INTERVAL_S).
+    wait_for(lambda: counted() >= k, "every request in the scrape", 5)
+    time.sleep(3 * FLUSH_INTERVAL_S)
+    assert counted() == k
     assert scrape(server.client, "ensemble_requests_total", model="iris", protocol="v1") >= k // 2
     served = [requests_in_file(folder, pid) - b for pid, b in zip(pids, per_worker_before, strict=True)]
     assert sum(served) == k and all(n > 0 for n in served), served  # both workers answered some
