@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from prometheus_client import multiprocess
 
-from server.metrics import Metrics
 from server.stats import Statistics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,17 +36,21 @@ print(os.getpid())
 """
 
 
-def write(folder: Path, n: int) -> int:
+# A scrape as a worker makes it (in a process of its own: multiprocess mode is chosen per process).
+SCRAPE = """
+from server.metrics import Metrics
+print(Metrics().render().decode())
+"""
+
+
+def python(folder: Path, code: str, *args: str) -> str:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", WRITER, str(n)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return int(done.stdout.strip())
+    argv = [sys.executable, "-c", code, *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def write(folder: Path, n: int) -> int:
+    return int(python(folder, WRITER, str(n)).strip())
 
 
 def sample(text: str, name: str) -> float:
@@ -57,12 +59,9 @@ def sample(text: str, name: str) -> float:
     return float(m.group(1))
 
 
-def test_one_scrape_sums_the_workers_and_forgets_a_dead_ones_live_gauges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_scrape_sums_the_workers_and_forgets_a_dead_ones_live_gauges(tmp_path: Path) -> None:
     first, second = write(tmp_path, 3), write(tmp_path, 4)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    text = Metrics().render().decode()
+    text = python(tmp_path, SCRAPE)
     assert sample(text, "ensemble_requests_total") == 7
     assert sample(text, "ensemble_request_duration_seconds_count") == 7
     assert sample(text, "ensemble_in_flight_requests") == 2  # livesum: one left in flight in each
@@ -70,7 +69,7 @@ def test_one_scrape_sums_the_workers_and_forgets_a_dead_ones_live_gauges(
     assert sample(text, "ensemble_model_info") == 1  # livemax: loaded somewhere, not "loaded twice"
     # A worker that died: its counts stay (counters never go down), its live gauges go.
     multiprocess.mark_process_dead(first, str(tmp_path))
-    text = Metrics().render().decode()
+    text = python(tmp_path, SCRAPE)
     assert sample(text, "ensemble_requests_total") == 7
     assert sample(text, "ensemble_in_flight_requests") == 1
     assert sample(text, "ensemble_queue_depth") == 4
