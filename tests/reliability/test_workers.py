@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers.onnx_repo import write_version
 from tests.helpers.server_process import ServerProcess, wait_for
-from tests.helpers.workers import scrape, wait_workers, worker_pids
+from tests.helpers.workers import multiprocess_dir, requests_in_file, scrape, wait_workers, worker_pids
 from tests.reliability.conftest import Repo, start, v2_body
 from tests.reliability.record import record
 from tests.reliability.test_load import client_rows
@@ -117,12 +117,15 @@ def test_kill_9_of_one_worker_under_64_clients(tmp_path: Path) -> None:
     try:
         before = scrape(server.client, "ensemble_requests_total")
         victim = wait_workers(server.proc.pid, 2)[0]
+        folder = multiprocess_dir(victim)
         t_kill = 0.0
+        victim_served = 0.0
         restarted = threading.Event()
 
         def kill_then_watch() -> None:
-            nonlocal t_kill
+            nonlocal t_kill, victim_served
             time.sleep(2.0)
+            victim_served = requests_in_file(folder, victim)
             t_kill = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             parent = server.proc.pid
@@ -148,10 +151,12 @@ def test_kill_9_of_one_worker_under_64_clients(tmp_path: Path) -> None:
     hung = [o for o in outcomes if o.error.startswith("TIMEOUT")]
     record("workers", f"kill -9 of one of 2 workers under {CLIENTS} clients",
            "only requests in flight on that worker fail; none hangs; restarted and counted; metrics go on",
+           f"victim had answered {victim_served:.0f}; "
            f"{len(ok)} x 200 (all exact: {all(o.correct for o in ok)}), {len(failed)} failed "
            f"({len(hung)} hung), restarts {restarts:.0f}, requests_total {before:.0f} -> {after:.0f}",
            )  # fmt: skip
     assert t_kill and restarted.is_set()
+    assert victim_served > 0  # the killed worker was answering its share of the load
     assert not hung
     assert ok and all(o.correct for o in ok)
     # What failed was in flight when the worker died (sent before the kill, answered after it): no
