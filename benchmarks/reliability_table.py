@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-AREAS = ["input", "body-limit", "properties", "load", "faults", "sigterm", "security"]
+AREAS = ["input", "body-limit", "properties", "load", "faults", "sigterm", "workers", "security"]
 
 
 def cell(text: str) -> str:

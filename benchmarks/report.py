@@ -245,6 +245,10 @@ def markdown(results: dict[str, Any]) -> str:
         secs = "-" if item.get("seconds") is None else f"{item['seconds']:.1f}"
         lines.append(f"| `{item['command']}` | {secs} | {item['outcome']} |")
     lines += ["", "![throughput and p99 against concurrency](benchmarks.png)", ""]
+    if results.get("scaling"):  # benchmarks/scaling.py: --workers 1..N
+        from benchmarks.scaling import markdown as scaling_markdown
+
+        lines += [*scaling_markdown(results["scaling"], results["machine"]), ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in results.get("notes", [])]
     lines += [
         "- What each change to our server's hot path bought, measured side by side:"

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ort_limit, payloads, report, soak
+from benchmarks import ort_limit, payloads, report, scaling, soak
 from benchmarks.wrk_runner import Payload, run_wrk, wrk_path
 from server.manifest import read_manifest
 from testing.server_process import HOST, Process, ServerProcess, rss_bytes, uvicorn_process, wait_idle
@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", help="measure only the cells matching protocol:rows:concurrency patterns, e.g. v2bin:*:64"
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the soak (for quick experiments)")
+    parser.add_argument(
+        "--scaling-workers", help="worker counts of the scaling table, e.g. 1,2,4 (default 1, 2, 4 ... CPUs)"
+    )
+    parser.add_argument("--no-scaling", action="store_true", help="skip the worker scaling table")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.soak_requests, args.soak_seconds = 1.0, 1, 500, 3.0
@@ -369,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for service in services.values():
             service.stop(5)
+
+    # Worker scaling: a fresh `--workers k` server per row, alone on the machine (the others are stopped).
+    if not (args.quick or args.no_scaling) and results["services"]["ours"].get("available"):
+        from server.runtime import usable_cpus
+
+        wanted = args.scaling_workers
+        counts = [int(c) for c in wanted.split(",")] if wanted else scaling.default_counts(usable_cpus())
+        print(f"worker scaling: {counts}...", flush=True)
+        results["scaling"] = scaling.measure(
+            repository, model, bodies[("v1", 1)], counts, args.seconds, args.repeats, work
+        )
 
     training = []
     if not args.skip_training:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +71,6 @@ class Batcher:
         self.max_request_rows = max_request_rows
         self.metrics, self.labels = metrics, labels
         self._m = metrics.model(*labels) if metrics else None  # label children bound once
-        self._depth_watched = False
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
@@ -125,11 +123,8 @@ class Batcher:
 
     def _set_depth(self, delta: int) -> None:
         self._queued_rows += delta
-        if not self._depth_watched and self._m is not None:
-            # The gauge reads the count when scraped; a weak reference lets a retired batcher go.
-            me = weakref.ref(self)
-            self._m.watch_queue(lambda: b._queued_rows if (b := me()) is not None else 0)
-            self._depth_watched = True
+        if self._m is not None:  # moved, not read when scraped: with workers it is summed from files
+            self._m.queue_depth.inc(delta)
 
     def _pop(self) -> _Item | None:
         """The next live item (timed-out or cancelled ones are dropped here)."""
@@ -223,4 +218,5 @@ class Batcher:
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(Unavailable("The model was unloaded.", retry_after_s=1))
+        self._set_depth(-self._queued_rows)  # those rows will never run
         self._executor.shutdown(wait=False)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
+    from server.settings import Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repository-poll-interval-s", type=float, help="seconds between repository scans; 0: no hot reload"
     )
     p.add_argument("--drain-timeout-s", type=float, help="time the accepted requests get after SIGTERM")
+    p.add_argument("--workers", help="server processes on the one port: a number or 'auto' (default 1)")
     return p
 
 
@@ -57,6 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # ---- worker processes (server.workers): a parent supervises N full servers on one socket
+    from server.workers import resolve_workers, run_workers
+
+    workers = resolve_workers(settings.workers)
+    if workers > 1:
+        return run_workers(settings, workers)
+    return serve(settings)
+
+
+def serve(
+    settings: Settings, sockets: list[socket.socket] | None = None, cluster: WorkerLink | None = None
+) -> int:
+    """One server process, until it has drained; a worker gets its `sockets` and `cluster` from the parent."""
+    # ----
     import uvicorn
 
     from server.http.app import create_app
@@ -67,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    services = build_services(settings)
+    services = build_services(settings, cluster=cluster)
     app = create_app(services)
     config = uvicorn.Config(
         app,
@@ -82,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
     server = DrainingServer(config, services.drain, settings.drain_timeout_s)
-    server.run()
+    server.run(sockets)
     # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
     return 0 if server.started else 3
 

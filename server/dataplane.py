@@ -27,7 +27,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import onnxruntime as ort
 
@@ -40,6 +40,9 @@ from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputT
 from server.repository import ModelRegistry
 from server.served import ServedVersion
 from server.settings import Settings, is_version
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
 
 Protocol = Literal["v1", "v2", "grpc"]
 T = TypeVar("T")
@@ -61,8 +64,12 @@ def _as_response(
 class DataPlane:
     """Inference, metadata, configuration, statistics, readiness and repository operations."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, metrics: Metrics, cluster: WorkerLink | None = None
+    ) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        # A worker of `--workers N`: readiness and repository operations span every worker (server.cluster).
+        self.cluster = cluster
         # Extensions really implemented; model_repository only when its (token-guarded) operations are on.
         self.extensions: list[str] = ["binary_tensor_data", "model_configuration", "statistics"]
         if settings.admin_token:
@@ -165,12 +172,14 @@ class DataPlane:
 
     def server_ready(self) -> bool:
         """Every model that should load is loaded and warmed (draining is the transports' to add)."""
-        return self.registry.is_ready()
+        return self.registry.is_ready() and (self.cluster is None or self.cluster.all_ready())
 
     def readiness(self) -> dict[str, Any]:
         """``{"ready": True}``, or why not: still loading, and each model not ready with its reason."""
         registry = self.registry
         if registry.is_ready():
+            if self.cluster is not None and not self.cluster.all_ready():
+                return {"ready": False, "loading": False, "models": {}, **self.cluster.readiness()}
             return {"ready": True}
         not_ready = {n: s.reason or s.state for n, s in registry.status.items() if s.state != "ready"}
         return {"ready": False, "loading": not registry.loaded_once, "models": not_ready}
@@ -276,7 +285,10 @@ class DataPlane:
         """(Re)load a model from the repository; NotFound without its folder, 400 when it fails to load."""
         if not NAME_RE.match(name) or not (self.registry.root / name).is_dir():
             raise NotFound(f"Model '{name[:64]}' is not in the repository.")
-        await self.registry.load(name)
+        if self.cluster is not None:
+            await self.cluster.call("load", name)  # every worker loads it, then all serve it (or none)
+        else:
+            await self.registry.load(name)
         st = self.registry.status[name]
         if st.state != "ready":
             raise BadRequest(f"Model '{name}' failed to load: {st.reason}")
@@ -285,4 +297,7 @@ class DataPlane:
         """Stop serving a model; its in-flight requests finish first."""
         if name not in self.registry.status:
             raise NotFound(f"Model '{name[:64]}' does not exist.")
-        await self.registry.unload(name)
+        if self.cluster is not None:
+            await self.cluster.call("unload", name)
+        else:
+            await self.registry.unload(name)

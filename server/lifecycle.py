@@ -15,12 +15,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.dataplane import DataPlane
 from server.metrics import Metrics
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
 
 log = logging.getLogger("server")
 
@@ -60,16 +64,19 @@ class Services:
     dataplane: DataPlane
     drain: DrainState
     poller: RepositoryPoller
+    cluster: WorkerLink | None = None  # a worker of `--workers N`: its link to the parent (server.cluster)
 
 
-def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+def build_services(
+    settings: Settings, metrics: Metrics | None = None, cluster: WorkerLink | None = None
+) -> Services:
     """The services for `settings` (nothing loaded or started yet: see :func:`running`)."""
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
-    dataplane = DataPlane(settings, registry, metrics)
+    dataplane = DataPlane(settings, registry, metrics, cluster)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
-    return Services(settings, metrics, registry, dataplane, drain, poller)
+    return Services(settings, metrics, registry, dataplane, drain, poller, cluster)
 
 
 async def load_then_poll(services: Services) -> None:
@@ -86,7 +93,11 @@ async def load_then_poll(services: Services) -> None:
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[Services]:
     """Start loading (in the background) on entry; on exit stop polling and unload every version."""
+    if services.cluster is not None:  # ---- worker processes: answer the parent's steps (server.cluster)
+        services.cluster.start(services.registry)
     background = asyncio.create_task(load_then_poll(services))
+    if services.cluster is not None:  # a restarted worker accepts connections once it can answer them
+        await services.cluster.ready_to_serve(background)
     try:
         yield services
     finally:

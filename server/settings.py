@@ -71,6 +71,21 @@ PolicySetting = Annotated[
 ]
 
 
+# ---- worker processes (server.workers)
+def _workers(value: Any) -> Any:
+    """``auto``, or a positive whole number (a flag or an environment variable arrives as text)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isascii() and text.isdigit() and int(text) >= 1 and not isinstance(value, bool | float):
+        return int(text)
+    raise ValueError("workers must be a positive whole number or 'auto'")
+
+
+WorkersSetting = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+# ----
+
+
 class Settings(BaseSettings):
     """Everything the server can be told; read from ``ENSEMBLE_*`` environment variables and CLI flags."""
 
@@ -133,6 +148,13 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM: readiness turns false, new requests get 503, and the requests already accepted get this
     many seconds to finish before the process exits (0 on a clean drain)."""
+
+    # ---- worker processes (server.workers)
+    workers: WorkersSetting = 1
+    """Full server processes on one port (each with its own sessions and batcher) under a supervising
+    parent; ``auto``: one per CPU this process may use (affinity and cgroup quota). 1: one process, no
+    parent (docs/operations.md says how to size it)."""
+    # ----
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and uvicorn."""

@@ -275,3 +275,13 @@ def test_promtool_checks_and_unit_tests_the_alerts() -> None:
         [promtool, "test", "rules", str(PROMETHEUS / "alerts_test.yml")], capture_output=True, text=True
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_workers_follow_the_containers_cpu_limit() -> None:
+    # auto = the CPUs the process may use, which inside the container is the cgroup quota the limit sets.
+    container = _container(_k8s_objects()["Deployment"])
+    assert _env(container)["ENSEMBLE_WORKERS"] == "auto"
+    assert float(container["resources"]["limits"]["cpu"]) >= 1
+    dockerfile = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^ENV .*\bENSEMBLE_WORKERS=auto\b", final_stage, re.M)
