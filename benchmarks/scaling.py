@@ -201,9 +201,9 @@ def single_row_payload(version_dir: Path, work: Path) -> Payload:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from testing.stand_ins import bench_version
     from benchmarks.run import machine_line
     from server.runtime import usable_cpus
+    from testing.stand_ins import bench_version
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
