@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.app import create_app
     from server.drain import DrainingServer
+    from server.http.connections import limits_from_settings, protocol_class
 
     # uvicorn re-raises a signal it caught (a second SIGTERM/SIGINT) after its shutdown under the handler
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # Header deadline, header limits and the connection cap (server.http.connections).
+        http=protocol_class(limits_from_settings(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
     server = DrainingServer(config, app.state.drain, settings.drain_timeout_s)
