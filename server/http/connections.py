@@ -8,9 +8,9 @@ builds a subclass of that protocol (``uvicorn.Config(http=...)``) which adds, pe
 - a header deadline: a connection must complete its request line and headers within ``header_timeout_s``
   of connecting (or, on a kept-alive connection, of the first byte of its next request; until then the
   idle keep-alive timeout applies); else 408 (if it had started a request) and close;
-- size limits: the request line and each header line, the header count and the header bytes; beyond them
-  414 or 431 ``{"error"}`` with ``Connection: close``, refused while the bytes come in (a 500 MB header
-  line costs one read buffer, not 500 MB);
+- size limits: the request line and each header line, the header count and the header bytes (URL, names
+  and values); beyond them 414 or 431 ``{"error"}`` with ``Connection: close``, refused while the bytes
+  come in (a 500 MB header line costs a read buffer or two, not 500 MB);
 - a connection cap below the open-file limit: above the soft limit, a new connection first evicts the
   connection that has waited longest for its headers (a slow-header client or an idle keep-alive one),
   and ordinary requests get a fast 503 while probes, ``/metrics`` and the admin routes still get through
@@ -201,6 +201,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.completed_in_chunk = False
         self.header_bytes = 0  # bytes read while waiting for this request's headers
         self.header_count = 0
+        self.header_content = 0  # bytes of the request's URL, header names and values
         self.url_bytes = 0
         self.refusal: tuple[int, str] | None = None
         self.lingering = False
@@ -255,10 +256,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.send_400_response("Invalid HTTP request received.")
             return
         if self.in_headers:
-            # A chunk in which a request ended and the next began: the new request's share is unknown
-            # (at most one read), so it is not counted; every later chunk is, whole.
+            # Headers still incomplete after this read: bound what is held while they come in. The exact
+            # limit (URL, names and values) is checked once they are complete; raw bytes also hold
+            # separators, hence twice the limit here. A chunk in which a request ended and the next
+            # began is not counted (the new request's share of it is unknown; at most one read).
             self.header_bytes = 0 if self.completed_in_chunk else self.header_bytes + len(data)
-            if self.header_bytes > self.pool.limits.max_header_bytes:
+            if self.header_bytes > 2 * self.pool.limits.max_header_bytes:
                 self.pool.note("refused: headers too large")
                 self.refuse(431, f"The request headers exceed {self.pool.limits.max_header_bytes} bytes.")
 
@@ -269,7 +272,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # ---------------------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.partial, self.header_count, self.url_bytes = True, 0, 0
+        self.partial, self.header_count, self.header_content, self.url_bytes = True, 0, 0, 0
         waiting = self.pool.waiting
         # On a kept-alive connection the deadline runs from the request's first byte (not while a
         # pipelined request is still being answered: such a connection is busy, not waiting).
@@ -296,15 +299,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.pool.note("refused: header line too long")
             self.refusal = (431, f"A request header line exceeds {limits.max_header_line_bytes} bytes.")
             raise ValueError(self.refusal[1])
+        self.header_content += len(name) + len(value)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        limits = self.pool.limits
+        if self.url_bytes + self.header_content > limits.max_header_bytes:
+            self.pool.note("refused: headers too large")
+            self.refusal = (431, f"The request headers exceed {limits.max_header_bytes} bytes.")
+            raise ValueError(self.refusal[1])
         self.pool.waiting.pop(self, None)
         self.partial = self.in_headers = False
         self.header_bytes = 0
-        if len(self.connections) > self.pool.limits.soft_limit and not is_priority(
-            httptools.parse_url(self.url).path
-        ):
+        if len(self.connections) > limits.soft_limit and not is_priority(httptools.parse_url(self.url).path):
             self.pool.note("ordinary requests refused above the soft limit")
             self.app = over_capacity  # read once by the call below
         try:
