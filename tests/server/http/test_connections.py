@@ -3,6 +3,8 @@ with a trivial app and small limits (the real server under load: tests/reliabili
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -78,19 +80,34 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-def port() -> Iterator[int]:
+@contextlib.contextmanager
+def serving(limits: ConnectionLimits) -> Iterator[int]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol_class(LIMITS), lifespan="off",
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol_class(limits), lifespan="off",
                             log_level="warning", timeout_keep_alive=5)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield port
-    server.should_exit = True
-    thread.join(5)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    with serving(LIMITS) as port:
+        yield port
+
+
+@pytest.fixture
+def cap_port() -> Iterator[int]:
+    """The same limits with a header timeout long enough not to interfere (on a slow, shared machine)."""
+    with serving(dataclasses.replace(LIMITS, header_timeout_s=30)) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:
@@ -162,7 +179,8 @@ def test_header_deadline(port: int) -> None:
     assert data.count(b"HTTP/1.1 200") == 2
 
 
-def test_cap_evicts_the_oldest_waiting_then_refuses(port: int) -> None:
+def test_cap_evicts_the_oldest_waiting_then_refuses(cap_port: int) -> None:
+    port = cap_port
     waiting = [connect(port) for _ in range(6)]  # the soft limit: 8 - 2
     for s in waiting:
         s.sendall(b"GET / HTTP/1.1\r\n")  # slow headers
