@@ -243,6 +243,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.wait_since = None
+        # uvicorn cancels the keep-alive timer only for a clean close; its handle would keep this
+        # connection's objects alive for up to keep_alive_timeout_s after the client went.
+        self._unset_keepalive_if_required()
         if self.linger_timer is not None:
             self.linger_timer.cancel()
         super().connection_lost(exc)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import uvicorn
 
 from server.http.connections import (
     ConnectionLimits,
+    ConnectionPool,
     connection_cap,
     error_response,
     is_priority,
@@ -80,10 +83,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+POOLS: dict[int, ConnectionPool] = {}  # port -> the pool of the server listening there
+
+
 @contextlib.contextmanager
 def serving(limits: ConnectionLimits) -> Iterator[int]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol_class(limits), lifespan="off",
+    cls = protocol_class(limits)
+    POOLS[port] = cls.pool
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=cls, lifespan="off",
                             log_level="warning", timeout_keep_alive=5)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -216,3 +224,20 @@ def test_cap_evicts_the_oldest_waiting_then_refuses(cap_port: int) -> None:
     finally:
         for s in busy:
             s.close()
+
+
+def test_a_reset_kept_alive_connection_is_freed_at_once(port: int) -> None:
+    with connect(port) as s:
+        s.sendall(get(b"/", close=False))
+        s.recv(65536)
+        (protocol,) = POOLS[port].connections
+        ref = weakref.ref(protocol)
+        del protocol
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    # Closed with a reset: not kept for the 5 s of its keep-alive timer (uvicorn cancels that only on a
+    # clean close).
+    deadline = time.monotonic() + 2
+    while ref() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    assert ref() is None
