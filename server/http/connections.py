@@ -395,6 +395,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `status` now, stop reading requests, drop what still comes for a while, then close."""
         self.wait_since = None
         self.lingering = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request went wrong while an earlier one is still being answered: that answer
+            # (and any queued before this one) goes out first, then the connection closes.
+            self.cycle.keep_alive = False
+            return
         self.transport.write(error_response(status, message, self.server_state.default_headers))
         if self.transport.can_write_eof():
             self.transport.write_eof()
