@@ -84,6 +84,7 @@ def serve(
     import uvicorn
 
     from server.http.app import create_app
+    from server.http.connections import limits_from_settings, protocol_class
     from server.http.drain import DrainingServer
     from server.lifecycle import build_services
 
@@ -100,6 +101,9 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # Header deadline, header limits and the connection cap (server.http.connections).
+        http=protocol_class(limits_from_settings(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
     server = DrainingServer(config, services.drain, settings.drain_timeout_s)

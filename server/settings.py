@@ -164,3 +164,33 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty: no CORS headers."""
+
+    # ------------------------------------------------ connection level (server.http.connections)
+    # Below the application: slow and oversized clients must not exhaust time, memory or descriptors.
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection must send its complete request line and headers within this many seconds of
+    connecting (on a kept-alive connection: of its next request's first byte); else 408 and close."""
+
+    max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
+    """Longest request line (else 414) or single header line (else 431), as nginx's
+    ``large_client_header_buffers``."""
+
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Most bytes of URL, header names and values together; beyond: 431, refused while they arrive."""
+
+    max_headers: int = Field(default=100, ge=1)
+    """Most header lines in one request; beyond: 431."""
+
+    max_connections: int | None = Field(default=None, ge=2)
+    """Connections one process holds at most; beyond: 503 at once (never a reset). Unset: the open-file
+    limit less an eighth of it (at least 64) for the server's own files, at most 16,384 (896 for 1024)."""
+
+    reserved_connections: int = Field(default=32, ge=0)
+    """The top of the connection cap kept for health and readiness probes, ``/metrics`` and the admin
+    routes: above ``max_connections - reserved_connections`` other requests get 503, and a new connection
+    first closes the one that has waited longest for its headers."""
+
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    """An idle kept-alive connection closes after this many seconds (uvicorn's ``timeout_keep_alive``);
+    behind a load balancer, set it above the balancer's own idle timeout."""
