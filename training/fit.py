@@ -16,7 +16,7 @@ from torch import nn
 
 from training.data import Dataset, standardization
 from training.ensemble_predict import regression_metrics
-from training.models import ARCHS, BN_POSITIONS, build_model
+from training.models import ARCHS, BN_POSITIONS, build_model, build_table_model
 from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -40,6 +40,7 @@ class FitConfig:
     patience: int = 15  # early stopping: epochs without a better validation loss
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    min_count: int = 1  # tables: a category seen fewer times in a member's training rows is pooled as rare
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -57,6 +58,8 @@ class FitConfig:
                 f"arch must be one of {ARCHS}, bn_position one of {BN_POSITIONS}, "
                 f"schedule one of {SCHEDULE_NAMES}"
             )
+        if self.min_count < 1:
+            raise ValueError("min_count must be >= 1")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
         validate_params(self.schedule, self.schedule_params)
@@ -112,11 +115,26 @@ def seed_everything(seed: int) -> None:
 
 
 def make_model(ds: Dataset, train_idx: np.ndarray, config: FitConfig) -> nn.Module:
-    """The untrained network with standardization statistics from the training rows only."""
-    mean, std = standardization(ds.X[train_idx])
+    """The untrained network with its preprocessing fitted on the training rows only."""
     target_mean = target_std = None
     if ds.task == "regression":
         target_mean, target_std = standardization(ds.y[train_idx])
+    if ds.is_table:
+        if config.arch != "mlp":
+            raise ValueError("tables train with --arch mlp (the CNN needs image-shaped rows from an NPZ)")
+        return build_table_model(
+            ds.feature_columns,
+            ds.X[train_idx],
+            ds.n_outputs,
+            width=config.width,
+            depth=config.depth,
+            dropout=config.dropout,
+            bn_position=config.bn_position,
+            target_mean=target_mean,
+            target_std=target_std,
+            min_count=config.min_count,
+        )
+    mean, std = standardization(ds.X[train_idx])
     return build_model(
         config.arch,
         ds.X.shape[1],
