@@ -12,6 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -232,7 +233,7 @@ def export_table_member(
             x = np.resize(rows, (batch, rows.shape[1])).astype(np.float32)
             with torch.no_grad():
                 expected = head(*cpu_model.core_inputs(torch.from_numpy(x))).numpy()
-            got = session.run([output_name], table_feed(procs, x, tensor_names))[0]
+            got = session.run([output_name], table_feed(procs.columns, x, tensor_names))[0]
             if got.shape != expected.shape or not np.all(np.isfinite(got)):
                 raise ExportError(f"{path.name}: onnxruntime gave {got.shape}, torch {expected.shape}")
             diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
@@ -261,14 +262,14 @@ def _parity_rows(procs: object, sample: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, missing, unseen, mixed])
 
 
-def table_feed(procs: object, X: np.ndarray, tensor_names: list[str]) -> dict[str, np.ndarray]:
-    """The raw columns a client sends for table codes X: what the exported graph takes."""
+def table_feed(columns: list[Any], X: np.ndarray, tensor_names: list[str]) -> dict[str, np.ndarray]:
+    """The raw columns a client sends for table codes X (training.data): what the exported graph takes."""
     from training.columns import categories_as_text
 
-    if not procs.categorical:  # type: ignore[attr-defined]
+    if not any(c.kind == "categorical" for c in columns):
         return {"input": np.asarray(X, dtype=np.float32)}
     feed: dict[str, np.ndarray] = {}
-    for j, (column, name) in enumerate(zip(procs.columns, tensor_names, strict=True)):  # type: ignore[attr-defined]
+    for j, (column, name) in enumerate(zip(columns, tensor_names, strict=True)):
         values = np.asarray(X[:, j], dtype=np.float64)
         if column.kind == "numeric":
             feed[name] = values.astype(np.float32).reshape(-1, 1)

@@ -235,6 +235,15 @@ def evaluate(model: nn.Module, ds: Dataset, idx: np.ndarray) -> dict[str, float]
     return {"rmse": scores["rmse"], "r2": scores["r2"], "loss": scores["rmse"] ** 2}
 
 
+def baseline_loss(ds: Dataset, train_idx: np.ndarray) -> float:
+    """The loss of a model that knows only the training distribution of the target."""
+    if ds.task == "classification":
+        p = np.bincount(ds.y[train_idx], minlength=ds.n_outputs) / len(train_idx)
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())  # entropy: log(C) when balanced
+    return float(ds.y[train_idx].var(axis=0).mean())
+
+
 def metric_name(ds: Dataset) -> str:
     return "accuracy" if ds.task == "classification" else "rmse"
 

@@ -16,12 +16,16 @@ part of the network and goes into the ONNX graph (fastai keeps its procs in Pyth
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from training.data import STD_FLOOR
+
+if TYPE_CHECKING:
+    from training.repository import TableRecord
 
 MISSING_INDEX = 0  # the category index of a missing value
 OTHER_INDEX = 1  # rare in training, or never seen
@@ -158,3 +162,56 @@ class _Categorify(nn.Module):
             c = torch.where((c < 0) | (c > n), torch.full_like(c, n + 1), c)
             cols.append(getattr(self, f"lookup_{j}")[c.long()])
         return torch.stack(cols, dim=1)
+
+
+def table_record(columns: Sequence[Any], X: np.ndarray, min_count: int = DEFAULT_MIN_COUNT) -> TableRecord:
+    """The manifest's inputs and preprocessing record for a table model, the procs fitted on rows X (the
+    non-test rows: the union of the members' training rows). Each member's graph holds its own fit."""
+    from server.manifest import ColumnInput, ColumnPreprocessing, TablePreprocessing, tensor_names
+    from training.columns import MISSING_TEXT
+    from training.repository import TableRecord
+
+    numeric = [j for j, c in enumerate(columns) if c.kind == "numeric"]
+    categorical = [j for j, c in enumerate(columns) if c.kind == "categorical"]
+    records: dict[int, ColumnPreprocessing] = {}
+    if numeric:
+        fill = FillMissing().setups(X[:, numeric])
+        norm = Normalize().setups(fill.encodes(X[:, numeric])[:, : len(numeric)])
+        for k, j in enumerate(numeric):
+            records[j] = ColumnPreprocessing(
+                column=columns[j].name,
+                kind="numeric",
+                median=float(fill.medians[k]),
+                mean=float(norm.mean[k]),
+                std=float(norm.std[k]),
+                missing_indicator=bool(k in set(fill.indicators.tolist())),
+            )
+    vocab: dict[int, list[str]] = {}
+    if categorical:
+        cat = Categorify([columns[j].categories for j in categorical], min_count).setups(X[:, categorical])
+        for k, j in enumerate(categorical):
+            vocab[j] = cat.vocab[k]
+            records[j] = ColumnPreprocessing(
+                column=columns[j].name, kind="categorical", vocabulary=cat.vocab[k], min_count=min_count
+            )
+    names = tensor_names([c.name for c in columns])
+    inputs = []
+    if categorical:  # one input per column; a numeric-only table keeps its one [-1, F] input
+        inputs = [
+            ColumnInput(
+                name=names[j],
+                column=c.name,
+                kind=c.kind,
+                datatype="FP32" if c.kind == "numeric" else "BYTES",
+                shape=[-1, 1],
+                categories=vocab[j] if c.kind == "categorical" else None,
+            )
+            for j, c in enumerate(columns)
+        ]
+    preprocessing = TablePreprocessing(
+        columns=[records[j] for j in range(len(columns))],
+        missing_text=list(MISSING_TEXT),
+        missing_index=MISSING_INDEX,
+        other_index=OTHER_INDEX,
+    )
+    return TableRecord(inputs, preprocessing)
