@@ -74,16 +74,33 @@ def _names(text: str) -> tuple[str, ...]:
 def add_data_args(parser: argparse.ArgumentParser, *, default_data: str | None = "digits") -> Any:
     """The data options: source, target, task and the column kinds of a table."""
     d = parser.add_argument_group("data")
-    d.add_argument("--data", default=default_data, required=default_data is None,
-                   help="'digits' (bundled) or a .csv/.parquet/.npz path")
+    d.add_argument(
+        "--data",
+        default=default_data,
+        required=default_data is None,
+        help="'digits' (bundled) or a .csv/.parquet/.npz path",
+    )
     d.add_argument("--target", help="target column of a CSV/Parquet file (comma-separated: multi-target)")
     d.add_argument(
         "--task", choices=("classification", "regression"), help="default: detected from the target"
     )
-    d.add_argument("--categorical", type=_names, default=(), metavar="C,..",
-                   help="table columns to treat as categories (e.g. integer codes)")
-    d.add_argument("--numeric", type=_names, default=(), metavar="C,..", help="table columns to treat as numbers")
-    d.add_argument("--ignore", type=_names, default=(), metavar="C,..", help="table columns to leave out (IDs, free text)")
+    d.add_argument(
+        "--categorical",
+        type=_names,
+        default=(),
+        metavar="C,..",
+        help="table columns to treat as categories (e.g. integer codes)",
+    )
+    d.add_argument(
+        "--numeric", type=_names, default=(), metavar="C,..", help="table columns to treat as numbers"
+    )
+    d.add_argument(
+        "--ignore",
+        type=_names,
+        default=(),
+        metavar="C,..",
+        help="table columns to leave out (IDs, free text)",
+    )
     return d
 
 
@@ -96,8 +113,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--test-fraction", type=_fraction, default=0.15)
     m = parser.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=_DEFAULTS.arch, action=_Explicit)
-    m.add_argument("--width", type=int, action=_Explicit, help="MLP hidden units / CNN first-stage channels (default 512 / 32)")
-    m.add_argument("--depth", type=int, action=_Explicit, help="MLP hidden layers / CNN stages (default 2 / 2)")
+    m.add_argument(
+        "--width",
+        type=int,
+        action=_Explicit,
+        help="MLP hidden units / CNN first-stage channels (default 512 / 32)",
+    )
+    m.add_argument(
+        "--depth", type=int, action=_Explicit, help="MLP hidden layers / CNN stages (default 2 / 2)"
+    )
     m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout, action=_Explicit)
     m.add_argument(
         "--min-count",
@@ -117,7 +141,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, action=_Explicit)
     o.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, action=_Explicit)
     o.add_argument(
-        "--lr", type=_lr, default=_DEFAULTS.lr, action=_Explicit, help="peak learning rate, or 'auto' (LR range test)"
+        "--lr",
+        type=_lr,
+        default=_DEFAULTS.lr,
+        action=_Explicit,
+        help="peak learning rate, or 'auto' (LR range test)",
     )
     o.add_argument("--optimizer", choices=OPTIMIZERS, default=_DEFAULTS.optimizer, action=_Explicit)
     o.add_argument(
@@ -139,7 +167,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "min_lr (plateau)",
     )
     o.add_argument(
-        "--patience", type=int, default=_DEFAULTS.patience, action=_Explicit, help="early stopping patience (epochs)"
+        "--patience",
+        type=int,
+        default=_DEFAULTS.patience,
+        action=_Explicit,
+        help="early stopping patience (epochs)",
     )
     o.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_DEFAULTS.device)

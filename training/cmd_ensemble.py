@@ -49,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
         data=data_from_args(args),
         repository=args.repository,
         name=args.name,
-        base=config_from_args(argparse.Namespace(**{**vars(args), "arch": "mlp" if args.arch in ("auto", "mixed") else args.arch})),
+        base=config_from_args(
+            argparse.Namespace(
+                **{**vars(args), "arch": "mlp" if args.arch in ("auto", "mixed") else args.arch}
+            )
+        ),
         explicit=frozenset(args.explicit),
         lr_auto=args.lr == "auto",
         members=args.members,

@@ -38,6 +38,7 @@ TOP_CATEGORIES = 5
 
 def _as_text(series: pd.Series) -> pd.Series:
     """Values as the user wrote them (3.0 -> "3", True -> "True"), missing words -> NaN."""
+
     def text(v: object) -> object:
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
             return np.nan
@@ -72,7 +73,11 @@ def _unknown(names: Sequence[str], columns: Sequence[str], flag: str) -> None:
 def detect_columns(df: pd.DataFrame, targets: Sequence[str], kinds: ColumnOverrides) -> list[Column]:
     """How every non-target column is understood (kind 'refused' for ID-like text; see raise_refused)."""
     features = [c for c in df.columns if c not in targets]
-    for names, flag in ((kinds.categorical, "--categorical"), (kinds.numeric, "--numeric"), (kinds.ignore, "--ignore")):
+    for names, flag in (
+        (kinds.categorical, "--categorical"),
+        (kinds.numeric, "--numeric"),
+        (kinds.ignore, "--ignore"),
+    ):
         _unknown(names, features, flag)
     flagged = [*kinds.categorical, *kinds.numeric, *kinds.ignore]
     twice = sorted({n for n in flagged if flagged.count(n) > 1})
@@ -106,7 +111,9 @@ def _column(series: pd.Series, name: str, kinds: ColumnOverrides) -> Column:
     if pd.api.types.is_bool_dtype(series) or set(categories) <= {"True", "False"}:
         return Column(name, "categorical", n_missing, n_distinct, "booleans", categories, top)
     if n_distinct > max(ID_MIN_DISTINCT, ID_DISTINCT_FRACTION * len(present)):
-        return Column(name, "refused", n_missing, n_distinct, "almost all distinct text (an ID or a name?)", top=top)
+        return Column(
+            name, "refused", n_missing, n_distinct, "almost all distinct text (an ID or a name?)", top=top
+        )
     return Column(name, "categorical", n_missing, n_distinct, "text", categories, top)
 
 
@@ -142,7 +149,7 @@ def target_values(df: pd.DataFrame, targets: Sequence[str]) -> tuple[pd.DataFram
 
 
 def categories_as_text(codes: np.ndarray, column: Column) -> np.ndarray:
-    """Codes (float, NaN = missing) back to the column's text; missing -> "" (what the graph reads as missing)."""
+    """Codes (float, NaN = missing) back to the text; missing -> "" (the graph reads it as missing)."""
     names = np.asarray([*column.categories, ""], dtype=object)
     idx = np.where(np.isnan(codes), len(column.categories), np.nan_to_num(codes, nan=0)).astype(np.int64)
     return names[idx]
@@ -150,7 +157,10 @@ def categories_as_text(codes: np.ndarray, column: Column) -> np.ndarray:
 
 def columns_table(columns: Sequence[Column], dropped_rows: int = 0, target: str = "") -> str:
     """Markdown table of how every column was understood (printed by `inspect`, kept in the report)."""
-    rows = ["| column | kind | missing | distinct | top values / range | what is done | why |", "|" + "---|" * 7]
+    rows = [
+        "| column | kind | missing | distinct | top values / range | what is done | why |",
+        "|" + "---|" * 7,
+    ]
     for c in columns:
         if c.kind == "numeric":
             seen = ", ".join(f"{k} {v:g}" for k, v in c.extra.items())
@@ -162,7 +172,9 @@ def columns_table(columns: Sequence[Column], dropped_rows: int = 0, target: str 
                 "ignored": "ignored",
                 "refused": "refused: pass --ignore or --categorical",
             }[c.kind]
-        rows.append(f"| {c.name} | {c.kind} | {c.n_missing} | {c.n_distinct} | {seen} | {done} | {c.reason} |")
+        rows.append(
+            f"| {c.name} | {c.kind} | {c.n_missing} | {c.n_distinct} | {seen} | {done} | {c.reason} |"
+        )
     if target:
         rows.append(f"\nTarget: {target}; rows dropped for a missing target: {dropped_rows}")
     return "\n".join(rows) + "\n"

@@ -210,13 +210,13 @@ def _targets(path: Path, df, target: str | None):  # -> (list[str], pd.DataFrame
     return targets, df
 
 
-def pd_is_numeric(series) -> bool:  # noqa: ANN001 - a pandas Series
+def pd_is_numeric(series) -> bool:
     import pandas as pd
 
     return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
 
 
-def _target_array(series) -> np.ndarray:  # noqa: ANN001 - a pandas Series
+def _target_array(series) -> np.ndarray:
     """Target values as numpy; a float column whose values are all whole numbers (ints with missing rows,
     which pandas reads as float) becomes int64 again, so task detection sees class codes."""
     import pandas as pd
@@ -225,7 +225,11 @@ def _target_array(series) -> np.ndarray:  # noqa: ANN001 - a pandas Series
         return series.to_numpy().astype(str)
     if pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype=np.float64)
-        if np.all(np.isfinite(values)) and np.all(values == np.round(values)) and np.abs(values).max() < 2**53:
+        if (
+            np.all(np.isfinite(values))
+            and np.all(values == np.round(values))
+            and np.abs(values).max() < 2**53
+        ):
             return values.astype(np.int64)
         return values
     return series.astype(str).to_numpy()

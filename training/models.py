@@ -229,7 +229,11 @@ class TabularNet(nn.Module):
     into numeric columns and category codes, the codes mapped to this member's vocabulary, then the core."""
 
     def __init__(
-        self, core: TableCore, numeric: Sequence[int], categorical: Sequence[int], categorify: nn.Module | None
+        self,
+        core: TableCore,
+        numeric: Sequence[int],
+        categorical: Sequence[int],
+        categorify: nn.Module | None,
     ) -> None:
         super().__init__()
         self.core = core

@@ -171,9 +171,15 @@ def run_ensemble(job: EnsembleJob) -> EnsembleRun:
             search = replace(job.search, out=report_dir / "search", base=settings.base)
             found = run_search(ds, *fold0, search)
             settings.base = found.config
-            search_info = {"best_trial": found.best_trial, "best_val_loss": found.best_value, **found.best_params}
+            search_info = {
+                "best_trial": found.best_trial,
+                "best_val_loss": found.best_value,
+                **found.best_params,
+            }
             if not job.quiet:
-                print(f"search: best trial {found.best_trial}, val loss {found.best_value:.4f}", file=sys.stderr)
+                print(
+                    f"search: best trial {found.best_trial}, val loss {found.best_value:.4f}", file=sys.stderr
+                )
         outcome = train_ensemble(ds, rest, test_idx, settings, work)
         write_ensemble_report(outcome, report_dir, ds.name, search_info)
         description = (

@@ -74,15 +74,38 @@ def _table_manifest(**over: object) -> dict:
     base = _manifest(
         schema_version=2,
         inputs=[
-            {"name": "island", "column": "island", "kind": "categorical", "datatype": "BYTES",
-             "shape": [-1, 1], "categories": ["Biscoe", "Dream"]},
-            {"name": "bill_mm_", "column": "bill (mm)", "kind": "numeric", "datatype": "FP32", "shape": [-1, 1]},
+            {
+                "name": "island",
+                "column": "island",
+                "kind": "categorical",
+                "datatype": "BYTES",
+                "shape": [-1, 1],
+                "categories": ["Biscoe", "Dream"],
+            },
+            {
+                "name": "bill_mm_",
+                "column": "bill (mm)",
+                "kind": "numeric",
+                "datatype": "FP32",
+                "shape": [-1, 1],
+            },
         ],
         preprocessing={
             "columns": [
-                {"column": "island", "kind": "categorical", "vocabulary": ["Biscoe", "Dream"], "min_count": 1},
-                {"column": "bill (mm)", "kind": "numeric", "median": 40.0, "mean": 41.0, "std": 5.0,
-                 "missing_indicator": True},
+                {
+                    "column": "island",
+                    "kind": "categorical",
+                    "vocabulary": ["Biscoe", "Dream"],
+                    "min_count": 1,
+                },
+                {
+                    "column": "bill (mm)",
+                    "kind": "numeric",
+                    "median": 40.0,
+                    "mean": 41.0,
+                    "std": 5.0,
+                    "missing_indicator": True,
+                },
             ],
             "missing_text": ["", "NA"],
         },
@@ -100,7 +123,7 @@ def test_a_table_manifest_has_columns_and_no_matrix_input(tmp_path: Path) -> Non
         ("island", "island", "categorical", True),
         ("bill_mm_", "bill (mm)", "numeric", True),
     ]
-    with pytest.raises(ValueError, match="use manifest.columns"):
+    with pytest.raises(ValueError, match=r"use manifest\.columns"):
         _ = back.input
 
 
@@ -115,15 +138,52 @@ def test_a_version_1_manifest_still_loads_as_a_matrix_model(tmp_path: Path) -> N
     ("over", "message"),
     [
         ({"schema_version": 1}, "need schema_version 2"),
-        ({"inputs": [{"name": "c", "column": "c", "kind": "categorical", "datatype": "FP32", "shape": [-1, 1],
-                      "categories": []}]}, "must be BYTES with its categories"),
-        ({"inputs": [{"name": "c", "column": "c", "kind": "numeric", "datatype": "FP32", "shape": [-1, 2]}]},
-         r"must have shape \[-1, 1\]"),
-        ({"inputs": [{"name": "a", "column": "x", "kind": "numeric", "datatype": "FP32", "shape": [-1, 1]},
-                     {"name": "a", "column": "y", "kind": "numeric", "datatype": "FP32", "shape": [-1, 1]}]},
-         "distinct tensor names"),
-        ({"inputs": [{"name": "bill (mm)", "column": "x", "kind": "numeric", "datatype": "FP32",
-                      "shape": [-1, 1]}]}, "String should match pattern"),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "c",
+                        "column": "c",
+                        "kind": "categorical",
+                        "datatype": "FP32",
+                        "shape": [-1, 1],
+                        "categories": [],
+                    }
+                ]
+            },
+            "must be BYTES with its categories",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "c", "column": "c", "kind": "numeric", "datatype": "FP32", "shape": [-1, 2]}
+                ]
+            },
+            r"must have shape \[-1, 1\]",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "column": "x", "kind": "numeric", "datatype": "FP32", "shape": [-1, 1]},
+                    {"name": "a", "column": "y", "kind": "numeric", "datatype": "FP32", "shape": [-1, 1]},
+                ]
+            },
+            "distinct tensor names",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "bill (mm)",
+                        "column": "x",
+                        "kind": "numeric",
+                        "datatype": "FP32",
+                        "shape": [-1, 1],
+                    }
+                ]
+            },
+            "String should match pattern",
+        ),
     ],
 )
 def test_invalid_table_manifests_are_refused(over: dict, message: str) -> None:

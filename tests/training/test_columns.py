@@ -12,7 +12,7 @@ from tests.training.tables import penguin_like, write_csv
 from training.data import ColumnOverrides, DataError, load_dataset
 
 
-def _kinds(ds) -> dict[str, str]:  # noqa: ANN001
+def _kinds(ds) -> dict[str, str]:
     return {c.name: c.kind for c in ds.columns}
 
 
@@ -39,7 +39,9 @@ def test_overrides_beat_detection(tmp_path: Path) -> None:
     assert _kinds(ds)["clutch"] == "categorical" and ds.columns[4].categories == ("1", "2", "3")
     assert ds.feature_names == ["island", "bill length (mm)", "clutch"]
     df = penguin_like().assign(code=lambda d: ["7", "8"] * (len(d) // 2))
-    ds = load_dataset(write_csv(tmp_path, df), "species", kinds=ColumnOverrides(numeric=("code",), ignore=("id",)))
+    ds = load_dataset(
+        write_csv(tmp_path, df), "species", kinds=ColumnOverrides(numeric=("code",), ignore=("id",))
+    )
     assert _kinds(ds)["code"] == "numeric"
 
 
@@ -58,7 +60,9 @@ def test_bad_columns_are_one_sentence(tmp_path: Path, kinds: ColumnOverrides, me
 
 
 def test_an_id_column_may_be_forced_categorical(tmp_path: Path) -> None:
-    ds = load_dataset(write_csv(tmp_path, penguin_like()), "species", kinds=ColumnOverrides(categorical=("id",)))
+    ds = load_dataset(
+        write_csv(tmp_path, penguin_like()), "species", kinds=ColumnOverrides(categorical=("id",))
+    )
     assert _kinds(ds)["id"] == "categorical" and len(ds.columns[0].categories) == 240
 
 
@@ -66,8 +70,13 @@ def test_missing_words_in_csv_and_parquet_alike(tmp_path: Path) -> None:
     text = "a,b,y\n1,x,p\nNA,null,q\nNaN,,p\n4,NA,q\n5,y,p\n6,x,q\n"
     (tmp_path / "m.csv").write_text(text)
     csv = load_dataset(str(tmp_path / "m.csv"), "y")
-    df = pd.DataFrame({"a": ["1", "NA", "NaN", "4", "5", "6"], "b": ["x", "null", None, "NA", "y", "x"],
-                       "y": list("pqpqpq")})
+    df = pd.DataFrame(
+        {
+            "a": ["1", "NA", "NaN", "4", "5", "6"],
+            "b": ["x", "null", None, "NA", "y", "x"],
+            "y": list("pqpqpq"),
+        }
+    )
     df.to_parquet(tmp_path / "m.parquet")
     pq = load_dataset(str(tmp_path / "m.parquet"), "y", kinds=ColumnOverrides(numeric=("a",)))
     for ds in (csv, pq):

@@ -18,7 +18,7 @@ from training.export import ExportError, export_table_member, table_feed
 from training.fit import FitConfig, fit
 
 
-def _member(tmp_path: Path, drop: tuple[str, ...] = ()):  # noqa: ANN202
+def _member(tmp_path: Path, drop: tuple[str, ...] = ()):
     df = penguin_like(n=160).drop(columns=list(drop))
     ds = load_dataset(write_csv(tmp_path, df), "species", kinds=ColumnOverrides(ignore=("id",)))
     idx = np.arange(len(ds))
@@ -47,15 +47,20 @@ def test_columns_in_raw_values_out_equal_to_torch(tmp_path: Path) -> None:
     }
     got = session.run(None, feed)[0]
     # The same rows as table codes through torch: Dream = 1, Atlantis = a code the table never had.
-    codes = np.array([[1, 41.0, 1, 1], [99, np.nan, 0, 2], [np.nan, 38.0, np.nan, np.nan],
-                      [np.nan, np.nan, np.nan, 3]], dtype=np.float32)
+    codes = np.array(
+        [[1, 41.0, 1, 1], [99, np.nan, 0, 2], [np.nan, 38.0, np.nan, np.nan], [np.nan, np.nan, np.nan, 3]],
+        dtype=np.float32,
+    )
     import torch
 
     with torch.no_grad():
         expected = torch.softmax(model.eval()(torch.from_numpy(codes)), -1).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
-    assert not any(n.op_type == "LabelEncoder" and n.domain != "ai.onnx.ml" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    assert not any(
+        n.op_type == "LabelEncoder" and n.domain != "ai.onnx.ml"
+        for n in onnx.load(str(tmp_path / "m.onnx")).graph.node
+    )
 
 
 def test_numeric_only_table_keeps_one_matrix_input_that_fills_nan(tmp_path: Path) -> None:
@@ -69,13 +74,15 @@ def test_numeric_only_table_keeps_one_matrix_input_that_fills_nan(tmp_path: Path
     np.testing.assert_allclose(table_feed(ds.feature_columns, x, names)["input"], x)
 
 
-def test_a_graph_that_maps_text_wrongly_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_graph_that_maps_text_wrongly_fails_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ds, model, names = _member(tmp_path)
     real = export._add_column_inputs
 
-    def off_by_one(path, procs, tensor_names, missing_index, other_index):  # noqa: ANN001, ANN202
+    def off_by_one(path, procs, tensor_names, missing_index, other_index):
         return real(path, procs, tensor_names, other_index, missing_index)  # missing and unseen swapped
 
     monkeypatch.setattr(export, "_add_column_inputs", off_by_one)
-    with pytest.raises(ExportError, match="disagree .* missing values and unseen categories"):
+    with pytest.raises(ExportError, match=r"disagree .* missing values and unseen categories"):
         export_table_member(model, tmp_path / "m.onnx", "classification", ds.X[:64], names)

@@ -28,9 +28,11 @@ def test_lr_auto_with_trials_hands_the_suggestion_to_the_search(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = {}
-    monkeypatch.setattr(pipeline, "resolve_lr", lambda ds, tr, va, config, out, quiet: replace(config, lr=0.0123))
+    monkeypatch.setattr(
+        pipeline, "resolve_lr", lambda ds, tr, va, config, out, quiet: replace(config, lr=0.0123)
+    )
 
-    def search(ds, tr, va, settings):  # noqa: ANN001, ANN202
+    def search(ds, tr, va, settings):
         seen["lr"] = settings.base.lr
         raise _Stop
 
@@ -41,11 +43,15 @@ def test_lr_auto_with_trials_hands_the_suggestion_to_the_search(
     assert seen["lr"] == 0.0123
 
 
-def test_defaults_recipe_applies_unless_the_flag_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.defaults, "recipe", lambda n, f, task, c: {"epochs": 1, "dropout": 0.0, "width": 8})
+def test_defaults_recipe_applies_unless_the_flag_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        pipeline.defaults, "recipe", lambda n, f, task, c: {"epochs": 1, "dropout": 0.0, "width": 8}
+    )
     seen = {}
 
-    def train(ds, rest, test_idx, settings, work):  # noqa: ANN001, ANN202
+    def train(ds, rest, test_idx, settings, work):
         seen["base"] = settings.base
         raise _Stop
 
@@ -59,10 +65,15 @@ def test_defaults_recipe_applies_unless_the_flag_was_given(tmp_path: Path, monke
 def test_setting_errors_name_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["ensemble", "--data", "digits", "--members", "1", "--repository", str(tmp_path), "--name", "d"]
     assert main(argv) == 2
-    assert capsys.readouterr().err.strip() == "error: --members must be >= 2 (each member validates on its own fold)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: --members must be >= 2 (each member validates on its own fold)"
+    )
 
 
-def test_inspect_prints_every_column_and_trains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_prints_every_column_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     csv = write_csv(tmp_path, penguin_like())
     assert main(["inspect", "--data", csv, "--target", "species", "--ignore", "id"]) == 0
     out = capsys.readouterr().out
@@ -92,14 +103,37 @@ def test_a_raw_table_trains_into_a_version_whose_members_answer_raw_columns(tmp_
     df = penguin_like(n=200)
     csv = write_csv(tmp_path, df)
     repo = tmp_path / "repo"
-    argv = ["ensemble", "--data", csv, "--target", "species", "--ignore", "id", "--members", "2", "--epochs", "3",
-            "--width", "16", "--quiet", "--repository", str(repo), "--name", "penguins"]
+    argv = [
+        "ensemble",
+        "--data",
+        csv,
+        "--target",
+        "species",
+        "--ignore",
+        "id",
+        "--members",
+        "2",
+        "--epochs",
+        "3",
+        "--width",
+        "16",
+        "--quiet",
+        "--repository",
+        str(repo),
+        "--name",
+        "penguins",
+    ]
     assert main(argv) == 0
     version = repo / "penguins" / "1"
     manifest = read_manifest(version)
-    assert manifest.schema_version == 2 and manifest.is_table and manifest.labels == ["Adelie penguin", "Gentoo"]
+    assert (
+        manifest.schema_version == 2 and manifest.is_table and manifest.labels == ["Adelie penguin", "Gentoo"]
+    )
     assert [(c.column, c.datatype) for c in manifest.columns] == [
-        ("island", "BYTES"), ("bill length (mm)", "FP32"), ("sex", "BYTES"), ("clutch", "FP32")
+        ("island", "BYTES"),
+        ("bill length (mm)", "FP32"),
+        ("sex", "BYTES"),
+        ("clutch", "FP32"),
     ]
     assert (version / "report" / "columns.md").is_file()
     # The held-out rows exactly as the file has them (text, blanks), as a client would send them.
