@@ -9,7 +9,7 @@ import numpy as np
 
 from training.data import ColumnOverrides, DataError, Dataset, split
 from training.fit import OPTIMIZERS, FitConfig
-from training.models import ARCHS, BN_POSITIONS
+from training.models import ARCHS, BN_POSITIONS, CAT_ENCODINGS
 from training.pipeline import DataSettings, load
 from training.schedules import SCHEDULE_NAMES
 
@@ -131,6 +131,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="tables: categories seen fewer times in a member's training rows pool as 'rare or unseen'",
     )
     m.add_argument(
+        "--cat-encoding",
+        choices=CAT_ENCODINGS,
+        default=_DEFAULTS.cat_encoding,
+        action=_Explicit,
+        help="tables: how the network sees a category (learned embedding or one-hot)",
+    )
+    m.add_argument(
         "--bn-position",
         choices=BN_POSITIONS,
         default=_DEFAULTS.bn_position,
@@ -221,6 +228,7 @@ def config_from_args(args: argparse.Namespace, lr: float | None = None) -> FitCo
         seed=args.seed,
         device=args.device,
         min_count=args.min_count,
+        cat_encoding=args.cat_encoding,
     )
     config.validate()
     return config

@@ -16,7 +16,7 @@ from torch import nn
 
 from training.data import Dataset, standardization
 from training.ensemble_predict import regression_metrics
-from training.models import ARCHS, BN_POSITIONS, build_model, build_table_model
+from training.models import ARCHS, BN_POSITIONS, CAT_ENCODINGS, build_model, build_table_model
 from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -41,6 +41,7 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     min_count: int = 1  # tables: a category seen fewer times in a member's training rows is pooled as rare
+    cat_encoding: str = "embedding"  # tables: embedding (fastai's emb_sz_rule) | onehot
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -58,6 +59,8 @@ class FitConfig:
                 f"arch must be one of {ARCHS}, bn_position one of {BN_POSITIONS}, "
                 f"schedule one of {SCHEDULE_NAMES}"
             )
+        if self.cat_encoding not in CAT_ENCODINGS:
+            raise ValueError(f"cat_encoding must be one of {', '.join(CAT_ENCODINGS)}")
         if self.min_count < 1:
             raise ValueError("min_count must be >= 1")
         if not 0 <= self.dropout < 1:
@@ -133,6 +136,7 @@ def make_model(ds: Dataset, train_idx: np.ndarray, config: FitConfig) -> nn.Modu
             target_mean=target_mean,
             target_std=target_std,
             min_count=config.min_count,
+            cat_encoding=config.cat_encoding,
         )
     mean, std = standardization(ds.X[train_idx])
     return build_model(

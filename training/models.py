@@ -190,6 +190,22 @@ def emb_sz_rule(n_cat: int) -> int:
     return min(600, round(1.6 * n_cat**0.56))
 
 
+CAT_ENCODINGS = ("embedding", "onehot")
+
+
+def category_encoder(n_cat: int, encoding: str) -> nn.Embedding:
+    """A learned embedding (emb_sz_rule wide), or a frozen identity table: one-hot as a lookup, so both
+    export as one Gather."""
+    if encoding == "onehot":
+        table = nn.Embedding(n_cat, n_cat)
+        table.weight.data.copy_(torch.eye(n_cat))
+        table.weight.requires_grad_(False)
+        return table
+    if encoding != "embedding":
+        raise ValueError(f"unknown category encoding {encoding!r}: use one of {', '.join(CAT_ENCODINGS)}")
+    return nn.Embedding(n_cat, emb_sz_rule(n_cat))
+
+
 class TableCore(nn.Module):
     """What a table member's exported graph computes after text -> index: fill, normalize, embed, MLP.
 
@@ -204,11 +220,12 @@ class TableCore(nn.Module):
         cardinalities: Sequence[int],
         body: nn.Module,
         destandardize: nn.Module,
+        cat_encoding: str = "embedding",
     ) -> None:
         super().__init__()
         self.fill = fill
         self.normalize = normalize
-        self.embeddings = nn.ModuleList(nn.Embedding(n, emb_sz_rule(n)) for n in cardinalities)
+        self.embeddings = nn.ModuleList(category_encoder(n, cat_encoding) for n in cardinalities)
         self.body = body
         self.destandardize = destandardize
 
@@ -269,6 +286,7 @@ def build_table_model(
     target_mean: np.ndarray | None = None,
     target_std: np.ndarray | None = None,
     min_count: int = 1,
+    cat_encoding: str = "embedding",
 ) -> TabularNet:
     """A `TabularNet` whose procs (training.preprocess) are fitted on `X_train` (a table's used columns)."""
     from training.preprocess import Categorify, FillMissing, Normalize
@@ -289,7 +307,7 @@ def build_table_model(
         categorify = Categorify([columns[j].categories for j in categorical], min_count).setups(
             X_train[:, categorical]
         )
-        n_in += sum(emb_sz_rule(n) for n in categorify.cardinalities)
+        n_in += sum(category_encoder(n, cat_encoding).embedding_dim for n in categorify.cardinalities)
     destandardize: nn.Module = nn.Identity()
     if target_mean is not None and target_std is not None:
         destandardize = Destandardize(target_mean, target_std)
@@ -299,6 +317,7 @@ def build_table_model(
         categorify.cardinalities if categorify else [],
         MLP(n_in, n_outputs, width, depth, dropout, bn_position),
         destandardize,
+        cat_encoding,
     )
     model = TabularNet(core, numeric, categorical, categorify.module() if categorify else None)
     # The fitted procs, for the export (text -> index inside the graph) and the manifest's record.

@@ -106,3 +106,14 @@ def test_table_model_embeds_categories_and_fills_missing_numbers() -> None:
     assert model.core.body.net[0].in_features == 1 + 1 + 4  # number, its missing indicator, embedding 4
     out = model.eval()(torch.from_numpy(X))
     assert out.shape == (16, 3) and torch.isfinite(out).all()
+
+
+def test_one_hot_is_a_frozen_identity_lookup() -> None:
+    from training.models import category_encoder
+
+    table = category_encoder(4, "onehot")
+    assert not table.weight.requires_grad
+    np.testing.assert_array_equal(table(torch.tensor([0, 3])).numpy(), [[1, 0, 0, 0], [0, 0, 0, 1]])
+    assert category_encoder(4, "embedding").embedding_dim == 3
+    with pytest.raises(ValueError, match="unknown category encoding"):
+        category_encoder(4, "hash")
