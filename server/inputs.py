@@ -80,7 +80,7 @@ def check_features(
     if not allow_nonfinite and not np.isfinite(x).all():
         if not allow_missing:
             raise BadRequest(
-                "The input contains NaN, null or infinite values (or values too large for FP32); "
+                "The input contains NaN or infinite values (or null, or values too large for FP32); "
                 "this model does not accept missing values."
             )
         if np.isinf(x).any():

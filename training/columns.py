@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from server.protocol.columns import category_text
 from training.data import Column, ColumnOverrides, DataError
 
 # What pandas' CSV reader takes as missing by default; Parquet text cells are held to the same words.
@@ -40,12 +41,9 @@ def _as_text(series: pd.Series) -> pd.Series:
     """Values as the user wrote them (3.0 -> "3", True -> "True"), missing words -> NaN."""
 
     def text(v: object) -> object:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return np.nan
-        if isinstance(v, float | np.floating) and float(v).is_integer():
-            return str(int(v))
-        s = str(v).strip()
-        return np.nan if s in MISSING_TEXT else s
+        # The server reads a category sent to it with the same function (server.protocol.columns).
+        s = None if v is pd.NA else category_text(v)
+        return np.nan if s is None or s in MISSING_TEXT else s
 
     return series.map(text).astype(object)
 

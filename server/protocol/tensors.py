@@ -195,14 +195,21 @@ def _flatten(name: str, data: list[Any]) -> list[Any]:
     """Row-major values of nested JSON arrays (each nesting level must be regular, as for numbers)."""
     flat: list[Any] = []
 
+    ragged = ProtocolError(
+        f"The 'data' of input '{name}' is ragged (nested arrays differ in length) or nested too deeply."
+    )
+
     def walk(item: list[Any], depth: int) -> None:
         if depth > MAX_DIMS:
-            raise ProtocolError(f"The 'data' of input '{name}' is nested too deeply.")
+            raise ragged
+        nested = [isinstance(value, list) for value in item]
+        if not any(nested):
+            flat.extend(item)
+            return
+        if not all(nested) or len({len(value) for value in item}) > 1:
+            raise ragged
         for value in item:
-            if isinstance(value, list):
-                walk(value, depth + 1)
-            else:
-                flat.append(value)
+            walk(value, depth + 1)
 
     walk(data, 1)
     return flat

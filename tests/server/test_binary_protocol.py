@@ -198,7 +198,9 @@ def _binary_body(tensor: dict[str, Any], tail: bytes) -> tuple[bytes, int]:
 
 JSON_CASES = [
     (_json_request(datatype="FP8"), "unknown datatype 'FP8'; supported: BOOL, INT8"),
-    (_json_request(datatype="BYTES"), "datatype BYTES, which this server does not support"),
+    (_json_request(datatype="BYTES", data=[["a"], "b"]), "is ragged"),
+    (_json_request(datatype="BYTES", data=["a", {"b": 1}]), "neither text nor a number"),
+    (_json_request(datatype="BYTES", data=["a"]), "has 1 values in 'data' but shape \\[2\\] needs 2"),
     (_json_request(datatype=3), "must have a string 'datatype'"),
     (_json_request(shape=[-1]), "shape \\[-1\\] with a negative dimension"),
     (_json_request(shape=[2.0]), "'shape' that is an array of integers"),
@@ -209,7 +211,8 @@ JSON_CASES = [
     (_json_request(data=[1.0, 2.0, 3.0]), "has 3 values in 'data' but shape \\[2\\] needs 2"),
     (_json_request(shape=[2, 2], data=[[1.0, 2.0], [3.0]]), "is ragged"),
     (_json_request(data=[1.0, "2"]), "values that are not numbers"),
-    (_json_request(data=[1.0, None]), "values that are not numbers"),
+    (_json_request(datatype="INT64", data=[1, None]), "values that are not numbers"),
+    (_json_request(data=[True, None]), "values that are not numbers"),
     (_json_request(data=[1.0, {"a": 1}]), "values that are not numbers"),
     # orjson reads integers beyond 64 bits as floats.
     (
