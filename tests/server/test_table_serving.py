@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,35 @@ from tests.helpers.server_process import ServerProcess, running_server
 from tests.training.tables import penguin_like, write_csv
 from training.cli import main as train
 
-MODEL = "penguins"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "penguins_like.csv"
+MODEL = "generated"
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
 @pytest.fixture(scope="module")
 def table_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Trained once: 2 tiny members, 3 epochs (what is tested is the serving, not the fit)."""
+    """Trained once, tiny (2 members, 3 epochs: what is tested is the serving, not the fit): `generated`
+    from tests/training/tables.py (a column name that is not a tensor name), `penguins` from the README's
+    examples/penguins_like.csv."""
     root = tmp_path_factory.mktemp("tables")
-    csv = write_csv(root, penguin_like(n=200))
-    argv = ["ensemble", "--data", csv, "--target", "species", "--ignore", "id", "--members", "2", "--epochs",
-            "3", "--width", "16", "--quiet", "--repository", str(root / "repo"), "--name", MODEL]  # fmt: skip
-    assert train(argv) == 0
+    tiny = [
+        "--target",
+        "species",
+        "--ignore",
+        "id",
+        "--members",
+        "2",
+        "--epochs",
+        "3",
+        "--width",
+        "16",
+        "--quiet",
+    ]
+    for name, csv in [(MODEL, write_csv(root, penguin_like(n=200))), ("penguins", str(EXAMPLE))]:
+        argv = ["ensemble", "--data", csv, *tiny, "--repository", str(root / "repo"), "--name", name]
+        assert train(argv) == 0
     return root / "repo"
 
 
@@ -342,3 +359,24 @@ def test_server_serves_matrix_models_records_by_feature_name(tmp_path: Path) -> 
             "/v1/models/iris:predict", json={"instances": [{**recs[0], "petal width": None}]}
         )
         assert r.status_code == 400 and "missing values" in r.json()["error"]
+
+
+def test_readme_table_curl_commands_work_as_written(server: ServerProcess) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S) if "penguins:predict" in b)
+    # The block as written, without the line that starts a server (this test's server is running).
+    lines = [line for line in block.splitlines() if not line.startswith("ensemble-serve ")]
+    assert sum(line.startswith("curl ") for line in lines) == 3
+    script = "\n".join(lines).replace("localhost:8000", f"127.0.0.1:{server.port}")
+    script = script.replace("curl -s ", "curl -sS --fail-with-body ")
+    proc = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    answers, text = [], proc.stdout  # curl writes the two JSON answers without a newline between them
+    while text.startswith("{"):
+        answer, end = json.JSONDecoder().raw_decode(text)
+        answers.append(answer)
+        text = text[end:].lstrip()
+    assert [len(a["predictions"]) for a in answers] == [2, 1]
+    assert 'ensemble_unseen_categories_total{column="island",model="penguins",version="1"} 1.0' in proc.stdout
