@@ -380,3 +380,18 @@ def test_readme_table_curl_commands_work_as_written(server: ServerProcess) -> No
         text = text[end:].lstrip()
     assert [len(a["predictions"]) for a in answers] == [2, 1]
     assert 'ensemble_unseen_categories_total{column="island",model="penguins",version="1"} 1.0' in proc.stdout
+
+
+def test_docs_show_example_bodies_built_from_each_model_and_they_are_answered(server: ServerProcess) -> None:
+    doc = server.client.get("/openapi.json").json()
+    v2 = doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    v1 = doc["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(v2["examples"]) == set(v1["examples"]) == {MODEL, "penguins"}
+    v1_body = v1["examples"][MODEL]["value"]
+    assert set(v1_body["instances"][0]) == {"island", "bill length (mm)", "sex", "clutch"}
+    assert None in v1_body["instances"][1].values()  # the second row shows a missing value
+    for name in (MODEL, "penguins"):
+        r = server.client.post(f"/v2/models/{name}/infer", json=v2["examples"][name]["value"])
+        assert r.status_code == 200, r.text
+        r = server.client.post(f"/v1/models/{name}:predict", json=v1["examples"][name]["value"])
+        assert r.status_code == 200, r.text
