@@ -57,7 +57,7 @@ def model_input(
     tensor = inputs[0]
     if tensor.datatype not in CASTABLE:
         raise ProtocolError(
-            f"Input '{spec.name}' is {tensor.datatype}; send {spec.datatype} (or another numeric type, "
+            f"Input '{spec.name}' is {tensor.datatype}; send {spec.datatype} (or another numeric datatype, "
             f"which is cast to {spec.datatype})."
         )
     return check_features(tensor.data, spec.shape[1], allow_nonfinite, allow_missing)

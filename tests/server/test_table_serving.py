@@ -395,3 +395,26 @@ def test_docs_show_example_bodies_built_from_each_model_and_they_are_answered(se
         assert r.status_code == 200, r.text
         r = server.client.post(f"/v1/models/{name}:predict", json=v1["examples"][name]["value"])
         assert r.status_code == 200, r.text
+
+
+def test_fused_sequential_and_parallel_runners_agree_on_a_table(table_repo: Path, manifest: Manifest) -> None:
+    from server.ensemble import Ensemble, synthetic_rows
+
+    rows = synthetic_rows(manifest, 9, np.random.default_rng(1))  # categories, "", an unseen one, NaN
+    answers = {}
+    for execution in ("fused", "sequential", "parallel"):
+        ensemble = Ensemble(
+            manifest,
+            table_repo / MODEL / "1",
+            device="cpu",
+            member_execution=execution,
+            max_batch_size=8,
+            warmup_runs=1,
+        )
+        assert ensemble.execution == execution
+        answers[execution] = ensemble.predict(rows)["probabilities"]
+        ensemble.close()
+    np.testing.assert_allclose(answers["fused"], answers["sequential"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(answers["parallel"], answers["sequential"], rtol=1e-5, atol=1e-6)
+    # Two requests batched together are the concatenation of their rows.
+    assert np.concatenate([rows[:4], rows[4:]]).dtype == rows.dtype
