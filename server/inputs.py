@@ -189,8 +189,11 @@ class TableInputs:
             x = tensor.data.reshape(-1)
         else:
             raise ProtocolError(f"{who} is numeric: send FP32 (or FP64, INT64...), not {tensor.datatype}.")
-        with np.errstate(over="ignore"):
-            x = np.asarray(x, dtype=np.float32)
+        if x.dtype != np.float32:
+            with np.errstate(over="ignore"):  # an FP64 value too large for FP32 becomes inf: refused below
+                x = x.astype(np.float32)
+        if np.isfinite(x).all():  # the usual request: one check
+            return x
         nan = np.isnan(x)
         n_missing = int(nan.sum())
         if n_missing and not (column.accepts_missing or allow_nonfinite):
