@@ -468,3 +468,31 @@ def test_shapes_numpy_cannot_hold_are_a_clear_protocol_error(
     header = orjson.dumps({"inputs": [tensor]})
     with pytest.raises(ProtocolError, match=message):
         parse_infer_request(header, len(header) if binary else None)
+
+
+def _bytes_elements(*items: bytes) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def test_binary_bytes_are_length_prefixed_elements() -> None:
+    raw = _bytes_elements(b"Biscoe", b"", "Dr\u00e9am".encode())
+    tensor = {"name": "x", "datatype": "BYTES", "shape": [3, 1], "parameters": {"binary_data_size": len(raw)}}
+    body, length = _binary_body(tensor, raw)
+    data = parse_infer_request(body, length).inputs[0].data
+    assert data.shape == (3, 1) and data.reshape(-1).tolist() == [b"Biscoe", b"", "Dr\u00e9am".encode()]
+
+
+@pytest.mark.parametrize(
+    ("raw", "shape", "message"),
+    [
+        (_bytes_elements(b"a"), [2], "BYTES data for 1 elements but shape \\[2\\] needs 2"),
+        ((9).to_bytes(4, "little") + b"abc", [1], "claims 9 bytes, more than the data holds"),
+        (_bytes_elements(b"a", b"b"), [1], "1 bytes of binary data left over|5 bytes of binary data left over"),
+        (b"\x01\x00", [1], "BYTES data for 0 elements"),
+    ],
+)
+def test_malformed_binary_bytes_are_refused(raw: bytes, shape: list[int], message: str) -> None:
+    tensor = {"name": "x", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+    body, length = _binary_body(tensor, raw)
+    with pytest.raises(ProtocolError, match=message):
+        parse_infer_request(body, length)
