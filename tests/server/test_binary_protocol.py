@@ -487,7 +487,7 @@ def test_binary_bytes_are_length_prefixed_elements() -> None:
     [
         (_bytes_elements(b"a"), [2], "BYTES data for 1 elements but shape \\[2\\] needs 2"),
         ((9).to_bytes(4, "little") + b"abc", [1], "claims 9 bytes, more than the data holds"),
-        (_bytes_elements(b"a", b"b"), [1], "1 bytes of binary data left over|5 bytes of binary data left over"),
+        (_bytes_elements(b"a", b"b"), [1], "5 bytes of binary data left over"),
         (b"\x01\x00", [1], "BYTES data for 0 elements"),
     ],
 )
