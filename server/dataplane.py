@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 from server import __version__, triton_config
 from server.errors import BadRequest, Forbidden, NotFound, ServerError, Unauthorized, Unavailable
-from server.inputs import model_input
+from server.inputs import read_rows
 from server.manifest import NAME_RE, Manifest
 from server.metrics import Metrics
 from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
@@ -143,7 +143,7 @@ class DataPlane:
         try:
             manifest = sv.manifest
             request = await decode(manifest, max(0.0, deadline - time.perf_counter()))
-            x = model_input(request, manifest.input, self.settings.allow_nonfinite)
+            x = read_rows(request, manifest, self.settings.allow_nonfinite, m)
             names = request.output_names([o.name for o in manifest.outputs])
             results = await sv.batcher.submit(x, deadline)
             outputs = []

@@ -55,7 +55,7 @@ def test_every_strategy_matches_numpy(tmp_path: Path, execution: str, task: str)
 def test_fused_graph_outputs_each_member(tmp_path: Path) -> None:
     weights = write_version(tmp_path, "m", 1, members=3, seed=5)
     vdir = tmp_path / "m" / "1"
-    blob, names = fuse_members([vdir / f"member-{i}.onnx" for i in range(3)], "input", "probabilities")
+    blob, names = fuse_members([vdir / f"member-{i}.onnx" for i in range(3)], ["input"], "probabilities")
     assert names == ["m0_probabilities", "m1_probabilities", "m2_probabilities"]
     import onnxruntime as ort
 

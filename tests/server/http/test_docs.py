@@ -54,7 +54,7 @@ def test_openapi_describes_inference_bodies(client: TestClient) -> None:
     assert schema == {"$ref": "#/components/schemas/V1PredictRequest"}
     assert set(predict["responses"]) >= {"200", "400", "404", "413", "429", "503", "504"}
     assert {"inputs", "outputs", "id"} <= set(schemas["V2InferenceRequest"]["properties"])
-    assert schemas["V1PredictRequest"]["required"] == ["instances"]
+    assert set(schemas["V1PredictRequest"]["properties"]) == {"instances", "inputs"}
     assert schemas["ErrorBody"]["required"] == ["error"]
 
 

@@ -97,7 +97,8 @@ def test_binary_outputs_follow_the_request() -> None:
     [
         ({"inputs": []}, "non-empty 'inputs'"),
         (tensor(name="x"), "unknown input 'x'"),
-        (tensor(datatype="BYTES"), "BYTES, which this server does not support"),
+        (tensor(datatype="BYTES", data=["a", "b", "c", "d"]), "is BYTES; send FP32"),
+        (tensor(data=[1.0, None, 3, 4]), "NaN or infinite values \\(or null"),
         (tensor(datatype="BOOL", data=[True, False, True, True]), "is BOOL; send FP32"),
         (tensor(shape=[3, 2]), "has 4 values in 'data' but shape"),
         (tensor(shape="2x2"), "array of integers"),

@@ -198,7 +198,9 @@ def _binary_body(tensor: dict[str, Any], tail: bytes) -> tuple[bytes, int]:
 
 JSON_CASES = [
     (_json_request(datatype="FP8"), "unknown datatype 'FP8'; supported: BOOL, INT8"),
-    (_json_request(datatype="BYTES"), "datatype BYTES, which this server does not support"),
+    (_json_request(datatype="BYTES", data=[["a"], "b"]), "is ragged"),
+    (_json_request(datatype="BYTES", data=["a", {"b": 1}]), "neither text nor a number"),
+    (_json_request(datatype="BYTES", data=["a"]), "has 1 values in 'data' but shape \\[2\\] needs 2"),
     (_json_request(datatype=3), "must have a string 'datatype'"),
     (_json_request(shape=[-1]), "shape \\[-1\\] with a negative dimension"),
     (_json_request(shape=[2.0]), "'shape' that is an array of integers"),
@@ -209,7 +211,8 @@ JSON_CASES = [
     (_json_request(data=[1.0, 2.0, 3.0]), "has 3 values in 'data' but shape \\[2\\] needs 2"),
     (_json_request(shape=[2, 2], data=[[1.0, 2.0], [3.0]]), "is ragged"),
     (_json_request(data=[1.0, "2"]), "values that are not numbers"),
-    (_json_request(data=[1.0, None]), "values that are not numbers"),
+    (_json_request(datatype="INT64", data=[1, None]), "values that are not numbers"),
+    (_json_request(data=[True, None]), "values that are not numbers"),
     (_json_request(data=[1.0, {"a": 1}]), "values that are not numbers"),
     # orjson reads integers beyond 64 bits as floats.
     (
@@ -465,3 +468,31 @@ def test_shapes_numpy_cannot_hold_are_a_clear_protocol_error(
     header = orjson.dumps({"inputs": [tensor]})
     with pytest.raises(ProtocolError, match=message):
         parse_infer_request(header, len(header) if binary else None)
+
+
+def _bytes_elements(*items: bytes) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def test_binary_bytes_are_length_prefixed_elements() -> None:
+    raw = _bytes_elements(b"Biscoe", b"", "Dr\u00e9am".encode())
+    tensor = {"name": "x", "datatype": "BYTES", "shape": [3, 1], "parameters": {"binary_data_size": len(raw)}}
+    body, length = _binary_body(tensor, raw)
+    data = parse_infer_request(body, length).inputs[0].data
+    assert data.shape == (3, 1) and data.reshape(-1).tolist() == [b"Biscoe", b"", "Dr\u00e9am".encode()]
+
+
+@pytest.mark.parametrize(
+    ("raw", "shape", "message"),
+    [
+        (_bytes_elements(b"a"), [2], "BYTES data for 1 elements but shape \\[2\\] needs 2"),
+        ((9).to_bytes(4, "little") + b"abc", [1], "claims 9 bytes, more than the data holds"),
+        (_bytes_elements(b"a", b"b"), [1], "5 bytes of binary data left over"),
+        (b"\x01\x00", [1], "BYTES data for 0 elements"),
+    ],
+)
+def test_malformed_binary_bytes_are_refused(raw: bytes, shape: list[int], message: str) -> None:
+    tensor = {"name": "x", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+    body, length = _binary_body(tensor, raw)
+    with pytest.raises(ProtocolError, match=message):
+        parse_infer_request(body, length)
