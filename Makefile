@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test bench
+.PHONY: install run train serve test lint format clean gpu-check image-test bench grpc-gen
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -58,3 +58,7 @@ gpu-check:
 # ASGI app and a FastAPI baseline. Writes docs/benchmarks.md/.json/.png. BENCH_ARGS=--use-trained serves digits.
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Regenerate server/grpc/generated/ from the .proto files in server/grpc/protos/ (grpcio-tools, dev).
+grpc-gen: install
+	$(BIN)/python server/grpc/protos/generate.py
