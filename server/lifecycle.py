@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from server.dataplane import DataPlane
+from server.grpc.service import create_grpc_server
 from server.metrics import Metrics
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
@@ -87,9 +88,15 @@ async def load_then_poll(services: Services) -> None:
 async def running(services: Services) -> AsyncIterator[Services]:
     """Start loading (in the background) on entry; on exit stop polling and unload every version."""
     background = asyncio.create_task(load_then_poll(services))
+    # gRPC transport (server.grpc): in this process and event loop, beside HTTP; None when grpc_port is 0.
+    grpc_server = create_grpc_server(services)
+    if grpc_server is not None:
+        await grpc_server.start()
     try:
         yield services
     finally:
+        if grpc_server is not None:  # after HTTP's drain: running gRPC calls get the time that is left
+            await grpc_server.stop(services.drain.remaining(0))
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await background

@@ -26,6 +26,7 @@ from server.grpc import codec
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.generated import model_config_pb2
+from server.protocol.tensors import InferenceRequest
 
 if TYPE_CHECKING:
     from server.lifecycle import Services
@@ -106,10 +107,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, msg: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         self._admit()
-        request = codec.decode_request(msg)
+
+        # Decoded and encoded inside the data plane's recorded region, so a malformed message counts
+        # as a grpc 400 in the metrics, as a malformed HTTP body does.
+        async def decode(manifest: Any, timeout_s: float) -> InferenceRequest:
+            return codec.decode_request(msg)
+
+        def encode(manifest: Any, request: InferenceRequest, response: Any) -> pb.ModelInferResponse:
+            return codec.encode_response(response)
+
         with self._in_flight():
-            response = await self.dataplane.infer(request, protocol="grpc", deadline=deadline)
-        return codec.encode_response(response)
+            return await self.dataplane.infer_with(
+                msg.model_name, msg.model_version or None, decode, encode, protocol="grpc", deadline=deadline
+            )
 
     # ------------------------------------------------------------------------------------------ health
 

@@ -26,13 +26,16 @@ class ServerProcess:
     def __init__(self, repo: Path, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()  # every test server serves gRPC too, on a port of its own
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         # Keep an inherited PYTHONPATH (the GPU check installs packages into a folder named there).
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         full_env = {**os.environ, "PYTHONPATH": path, **env}
         self._log_file = log.open("wb")
+        argv = [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(self.port)],
+            [*argv, "--grpc-port", str(self.grpc_port)],
             cwd=ROOT,
             env=full_env,
             stdout=self._log_file,

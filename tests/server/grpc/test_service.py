@@ -49,6 +49,13 @@ class FakeDataPlane:
         out = OutputTensor("y", x.datatype, x.shape, x.data * 2)
         return InferenceResponse(request.model_name, "1", request.id, (out,))
 
+    async def infer_with(
+        self, name: str, version: str | None, decode: Any, encode: Any, *, protocol: str, deadline: Any = None
+    ) -> Any:
+        """As DataPlane.infer_with: decode, run, encode (the real one also looks the model up first)."""
+        request = await decode(None, 1.0)
+        return encode(None, request, await self.infer(request, protocol=protocol, deadline=deadline))
+
     def server_live(self) -> bool:
         return True
 
