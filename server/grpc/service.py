@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.errors import ServerError, Unavailable
@@ -180,6 +181,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         Triton does) and the stream goes on."""
         deadline = self._deadline(context)
         async for msg in request_iterator:
+            if msg is MALFORMED:
+                yield pb.ModelStreamInferResponse(error_message=_malformed("ModelInferRequest"))
+                continue
             try:
                 answer = await self._infer(msg, deadline)
             except ServerError as exc:
@@ -233,6 +237,64 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call(context, work)
 
 
+class _Malformed:
+    """What the tolerant deserializer hands a method for bytes that are not its message."""
+
+
+MALFORMED = _Malformed()
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    # grpc's own deserializer failure answers UNKNOWN "Unexpected <class ...DecodeError>"; this lets the
+    # method answer INVALID_ARGUMENT with one sentence instead.
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return MALFORMED
+
+    return parse
+
+
+def _malformed(name: str) -> str:
+    return f"The request is not a valid {name} message."
+
+
+def _guard_unary(method: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(name))
+        return await method(request, context)
+
+    return guarded
+
+
+def inference_handler(servicer: InferenceService) -> grpc.GenericRpcHandler:
+    """The methods InferenceService implements, registered as the generated code would, but with a
+    deserializer that lets a malformed message get INVALID_ARGUMENT (the rest answer UNIMPLEMENTED)."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        if method.name not in InferenceService.__dict__:
+            continue
+        parse = _tolerant(getattr(pb, method.input_type.name))
+        implementation = getattr(servicer, method.name)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                implementation, request_deserializer=parse, response_serializer=_serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard_unary(implementation, method.input_type.name),
+                request_deserializer=parse,
+                response_serializer=_serialize,
+            )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
 def _from_json(doc: dict[str, Any], message: T) -> T:
     """A V2 / Triton JSON document as its protobuf message (the HTTP form is protobuf's JSON mapping);
     fields this proto lacks are left out rather than failing the call."""
@@ -277,7 +339,7 @@ class GrpcServer:
         ]
         self.server = grpc.aio.server(options=options)
         self.health = Health(services)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(services), self.server)
+        self.server.add_generic_rpc_handlers((inference_handler(InferenceService(services)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         if self.port == 0:
