@@ -5,8 +5,8 @@ from __future__ import annotations
 from benchmarks import grpc_bench, report
 
 
-def test_cells_are_single_rows_at_1_and_64_and_a_256_row_batch() -> None:
-    assert set(grpc_bench.CELLS) == {(1, 1), (1, 64), (256, 64)}
+def test_cells_are_single_rows_at_1_and_64_and_256_row_batches_at_16() -> None:
+    assert set(grpc_bench.CELLS) == {(1, 1), (1, 64), (256, 16)}
 
 
 def test_report_shows_grpc_medians_beside_v2_binary() -> None:

@@ -318,3 +318,25 @@ def test_unimplemented_rpcs_say_so() -> None:
         assert code == grpc.StatusCode.UNIMPLEMENTED
 
     serve(body)
+
+
+def test_bytes_that_are_not_a_message_are_invalid_argument() -> None:
+    async def body(stub: Any, svc: SimpleNamespace, channel: Any) -> None:
+        garbage = b"\xff\xff\xff\xff not protobuf"
+        unary = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        assert await status_of(unary(garbage)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "The request is not a valid ModelInferRequest message.",
+        )
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        good = infer_request().SerializeToString()
+        answers = [a async for a in stream(iter([garbage, good]))]
+        assert [a.error_message for a in answers] == [
+            "The request is not a valid ModelInferRequest message.",
+            "",
+        ]
+
+    serve(body)
