@@ -63,7 +63,8 @@ def measure(target: str, model: str, rows: int, concurrency: int, seconds: float
         except subprocess.TimeoutExpired:
             return {**cell, "note": "perf_analyzer did not finish in time"}
         if run.returncode != 0 or not report.is_file():
-            return {**cell, "note": f"perf_analyzer failed: {(run.stderr or run.stdout).strip()[-200:]}"}
+            last = " ".join((run.stderr or run.stdout).split())[-160:]  # one line: it goes in a table
+            return {**cell, "note": f"perf_analyzer failed: ...{last}"}
         (row,) = list(csv.DictReader(io.StringIO(report.read_text())))
     inferences = float(row["Inferences/Second"])  # rows per second (-b rows a request)
     return {

@@ -264,8 +264,8 @@ def grpc_section(results: dict[str, Any], http: dict[Key, Cell]) -> list[str]:
         "",
         "## gRPC: requests/s, rows/s and latency (perf_analyzer -i grpc)",
         "",
-        "perf_analyzer (C++, like wrk) sends raw FP32 tensors over one channel per concurrent request; its"
-        " latency is from send to answer. HTTP V2 binary (wrk) of the same rows and concurrency beside it.",
+        "perf_analyzer (C++, like wrk) sends raw FP32 tensors (`raw_input_contents`); its latency is from"
+        " send to answer. HTTP V2 binary (wrk) of the same rows and concurrency beside it.",
         "",
         "| rows | conc. | gRPC req/s | rows/s | p50 ms | p99 ms | V2 binary req/s | V2 binary p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
