@@ -172,7 +172,8 @@ def bodies_v1(work: Path, manifest: Any) -> Payload:
 
 def start_with_path(name: str, argv: list[str], log: Path, tree: Path, port: int) -> processes.Service:
     """Like processes.start, but with `tree` (the variant's code) as the only entry on PYTHONPATH."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    # HTTP only: gRPC off (its default port 8001 would be shared; revisions without gRPC ignore this).
+    env = dict(os.environ, PYTHONPATH=str(tree), ENSEMBLE_GRPC_PORT="0")
     started_at = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(

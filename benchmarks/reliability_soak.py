@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_server(repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ENSEMBLE_REPOSITORY_POLL_INTERVAL_S": "0"}
+    env["ENSEMBLE_GRPC_PORT"] = "0"  # HTTP only: gRPC's default port 8001 would be shared
     cmd = [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(port),
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
