@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.onnx_repo import numpy_member, write_version
-from tests.helpers.server_process import ServerProcess
+from tests.helpers.server_process import ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +84,9 @@ def test_sigterm_drains_grpc_with_http(tmp_path: Path) -> None:
         server.proc.send_signal(signal.SIGTERM)
         signalled.set()
         # Readiness turns false on both transports at once; liveness still answers.
-        time.sleep(0.2)
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving
+        check = health_pb2.HealthCheckRequest()
+        wait_for(lambda: health.Check(check, timeout=5).status == not_serving, "gRPC health NOT_SERVING", 5)
         assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
         assert server.client.get("/v2/health/ready").status_code == 503

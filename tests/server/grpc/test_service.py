@@ -169,7 +169,7 @@ def test_infer_goes_through_the_data_plane_as_grpc() -> None:
         _, protocol, deadline = svc.dataplane.calls[0]
         assert protocol == "grpc"
         # The client's 5 s deadline is the data plane's deadline.
-        assert deadline is not None and 3 < deadline - time.perf_counter() <= 5
+        assert deadline is not None and 0 < deadline - time.perf_counter() <= 5
         await stub.ModelInfer(infer_request())
         assert svc.dataplane.calls[1][2] is None  # no client deadline: the data plane's own timeout
 
