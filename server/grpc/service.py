@@ -341,9 +341,13 @@ class GrpcServer:
         self.health = Health(services)
         self.server.add_generic_rpc_handlers((inference_handler(InferenceService(services)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": say it as uvicorn says it for HTTP (exit 3)
+            raise OSError(
+                f"gRPC cannot listen on {address}: the port is in use or the address is not local"
+            ) from None
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -340,3 +340,18 @@ def test_bytes_that_are_not_a_message_are_invalid_argument() -> None:
         ]
 
     serve(body)
+
+
+def test_a_taken_port_is_one_clear_error() -> None:
+    async def main() -> None:
+        first = GrpcServer(services())
+        await first.start()
+        try:
+            with pytest.raises(
+                OSError, match=rf"gRPC cannot listen on 127.0.0.1:{first.port}: the port is in use"
+            ):
+                GrpcServer(services(grpc_port=first.port))
+        finally:
+            await first.stop(0)
+
+    asyncio.run(main())
