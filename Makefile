@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test bench bench-compare
+.PHONY: install run train serve test lint format clean gpu-check image-test bench bench-compare grpc-gen
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -62,3 +62,7 @@ bench: install
 
 bench-compare: install
 	$(BIN)/python -m benchmarks compare $(REVS) $(BENCH_ARGS)
+
+# Regenerate server/grpc/generated/ from the .proto files in server/grpc/protos/ (grpcio-tools, dev).
+grpc-gen: install
+	$(BIN)/python server/grpc/protos/generate.py

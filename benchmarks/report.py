@@ -218,6 +218,7 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {_num(cell['rows_s'])} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['errors']}"
             f" | {' | '.join(v or '-' for v in shares)} |"
         )
+    lines += grpc_section(results, cells)
     lines += [
         "",
         "## Start-up and memory",
@@ -256,6 +257,35 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def grpc_section(results: dict[str, Any], http: dict[Key, Cell]) -> list[str]:
+    """The gRPC cells (perf_analyzer -i grpc, benchmarks.grpc_bench) beside V2 binary over HTTP."""
+    cells = medians(results.get("grpc", []))
+    if not cells:
+        return []
+    lines = [
+        "",
+        "## gRPC: requests/s, rows/s and latency (perf_analyzer -i grpc)",
+        "",
+        "perf_analyzer (C++, like wrk) sends raw FP32 tensors (`raw_input_contents`); its latency is from"
+        " send to answer. HTTP V2 binary (wrk) of the same rows and concurrency beside it.",
+        "",
+        "| rows | conc. | gRPC req/s | rows/s | p50 ms | p99 ms | V2 binary req/s | V2 binary p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(cells, key=lambda k: (k[2], k[3])):
+        _, _, rows, conc = key
+        cell, other = cells[key], http.get(("ours", "v2bin", rows, conc), {})
+        if "rps" not in cell:
+            lines.append(f"| {rows} | {conc} | {cell['note'] or 'failed'} | | | | | |")
+            continue
+        beside = [_num(other["rps"]), f"{other['p99_ms']:.2f}"] if "rps" in other else ["-", "-"]
+        lines.append(
+            f"| {rows} | {conc} | {_num(cell['rps'])} | {_num(cell['rows_s'])} | {cell['p50_ms']:.2f}"
+            f" | {cell['p99_ms']:.2f} | {' | '.join(beside)} |"
+        )
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ort_limit, payloads, report, scaling, soak
+from benchmarks import grpc_bench, ort_limit, payloads, report, scaling, soak
 from benchmarks.wrk_runner import Payload, run_wrk, wrk_path
 from server.manifest import read_manifest
 from testing.server_process import HOST, Process, ServerProcess, rss_bytes, uvicorn_process, wait_idle
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "services": {},
         "http": [],
+        "grpc": [],
         "notes": [
             "The FastAPI baseline uses onnxruntime's default session options (a typical service sets none)"
             " and runs its 5 member sessions one after another in a sync handler; access logs are off for it"
@@ -318,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             wait_idle(service.proc.pid)
             results["services"][name]["rss_warm"] = rss_bytes(service.proc.pid)
 
+        # gRPC cells (ours only) after each repeat's HTTP cells; none in --quick or when --only skips them.
+        grpc_cells = [] if args.quick else [
+            cell for cell in grpc_bench.CELLS if select([("grpc", *cell, ["ours"])], args.only)
+        ]  # fmt: skip
+        grpc_why = grpc_bench.unavailable() if grpc_cells and "ours" in services else None
+        if grpc_why:
+            results["notes"].append(f"No gRPC cells: {grpc_why}.")
         # The matrix, round-robin across systems within each group; order reversed on odd repeats.
         rejected: dict[tuple[str, str, int], str | None] = {}
         for repeat in range(args.repeats):
@@ -351,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
                         flush=True,
                     )
+            if grpc_cells and grpc_why is None and "ours" in services:
+                target = services["ours"].grpc_target
+                results["grpc"] += grpc_bench.run_cells(target, model, grpc_cells, args.seconds, repeat)
 
         # Soak our server (the baseline stands in while ours is absent, so the soak itself keeps working).
         target = "ours" if "ours" in services else "baseline"

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0: no gRPC)")
     p.add_argument(
         "--device", choices=["auto", "cuda", "tensorrt", "cpu"], help="execution device (default auto)"
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.dataplane import DataPlane
+from server.grpc.service import create_grpc_server
 from server.metrics import Metrics
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
@@ -98,9 +99,15 @@ async def running(services: Services) -> AsyncIterator[Services]:
     background = asyncio.create_task(load_then_poll(services))
     if services.cluster is not None:  # a restarted worker accepts connections once it can answer them
         await services.cluster.ready_to_serve(background)
+    # gRPC transport (server.grpc): in this process and event loop, beside HTTP; None when grpc_port is 0.
+    grpc_server = create_grpc_server(services)
+    if grpc_server is not None:
+        await grpc_server.start()
     try:
         yield services
     finally:
+        if grpc_server is not None:  # after HTTP's drain: running gRPC calls get the time that is left
+            await grpc_server.stop(services.drain.remaining(0))
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await background

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on."""
 
+    # ---- gRPC transport (server/grpc) ----
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the gRPC transport (Triton's GRPCInferenceService and grpc.health.v1); 0 turns gRPC off."""
+
     device: Device = "auto"
     """Execution device: ``auto`` picks TensorRT -> CUDA -> CPU from what really loads."""
 

@@ -110,8 +110,11 @@ class ServerProcess(Process):
         name: str = "server",
     ) -> None:
         port = free_port()
+        self.grpc_port = free_port()  # every test server serves gRPC too, on a port of its own
+        self.grpc_target = f"{HOST}:{self.grpc_port}"
         # No --host: the default (127.0.0.1) is what tests rely on, and a test may set ENSEMBLE_HOST.
-        argv = [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(port), *args]
+        argv = [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(port)]
+        argv += ["--grpc-port", str(self.grpc_port), *args]
         super().__init__(argv, port, log, env, name=name, pythonpath=pythonpath)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 

@@ -27,7 +27,7 @@ from server.http.connections import (
     protocol_class,
 )
 from server.settings import Settings
-from tests.helpers.server_process import free_port
+from testing.server_process import free_port
 from tests.reliability.rawhttp import parse_response
 
 LIMITS = ConnectionLimits(
