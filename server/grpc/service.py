@@ -335,7 +335,8 @@ class GrpcServer:
         options = [
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            # ---- worker processes: every worker binds the gRPC port; the kernel spreads the connections.
+            ("grpc.so_reuseport", 1 if services.cluster is not None else 0),
         ]
         self.server = grpc.aio.server(options=options)
         self.health = Health(services)

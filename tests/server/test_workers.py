@@ -141,3 +141,28 @@ def test_a_killed_worker_is_restarted_counted_and_keeps_what_was_unloaded(server
     assert scrape(c, "ensemble_in_flight_requests", model="iris") == 0  # its live gauges were cleaned
     assert c.post("/v2/repository/models/spare/load", headers=ADMIN).status_code == 200
     assert {predict(server, i, "spare").status_code for i in range(30)} == {200}
+
+
+def test_grpc_listens_in_every_worker_on_one_port(server: ServerProcess) -> None:
+    import tritonclient.grpc as grpcclient
+
+    pids = wait_workers(server.proc.pid, 2)
+    folder = multiprocess_dir(pids[0])
+    time.sleep(3 * FLUSH_INTERVAL_S)  # what earlier tests sent is in the files: the baseline is final
+    before = [requests_in_file(folder, pid) for pid in pids]
+    x = np.array([[0.1, 1.0, -0.5, 2.0]], np.float32)
+    for _ in range(40):  # a new channel (connection) each time: the kernel picks a worker for each
+        client = grpcclient.InferenceServerClient(server.grpc_target)
+        try:
+            tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            assert client.infer("iris", [tensor]).as_numpy("probabilities").shape == (1, 3)
+        finally:
+            client.close()
+
+    def served() -> list[float]:
+        return [requests_in_file(folder, pid) - b for pid, b in zip(pids, before, strict=True)]
+
+    wait_for(lambda: sum(served()) >= 40, "every gRPC request in the workers' files", 5)
+    assert sum(served()) == 40 and all(n > 0 for n in served()), served()
+    assert scrape(server.client, "ensemble_requests_total", protocol="grpc") >= 40

@@ -121,6 +121,7 @@ def services(**settings: Any) -> SimpleNamespace:
         settings=SimpleNamespace(**{**base, **settings}),
         dataplane=FakeDataPlane(),
         drain=SimpleNamespace(draining=False, in_flight=0),
+        cluster=None,  # one process (with --workers N, a worker's link to its parent)
     )
 
 
