@@ -316,6 +316,10 @@ class Observer:
         call = call if call is not None else Call()
         rid = request_id or call.header_id or new_request_id()
         call.request_id = rid = rid[:MAX_ID_CHARS]
+        rl = self.request_log
+        logged = rl is not None and rl.wanted(status)
+        if not logged and self.tracing is None:  # a request the sampled log skips costs this much
+            return
         model = model[:MAX_ID_CHARS]
         now_ns = time.time_ns()
         end_ns = now_ns  # the answer is ready now; perf_counter readings map to wall time from here
@@ -344,8 +348,8 @@ class Observer:
             trace_id = self.tracing.record(
                 call, name, attributes, perf_to_ns(start), end_ns, status, error, batch, perf_to_ns
             )
-        rl = self.request_log
-        if rl is not None and rl.wanted(status):
+        if logged:
+            assert rl is not None
             entry: dict[str, Any] = {
                 "time": rl.timestamp(now_ns / 1e9 - (end - start)),
                 "request_id": rid,
