@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.observability import BatchTiming, Call, Observer, RequestLog, Tracing
+from server.observability import BatchTiming, Observer, RequestContext, RequestLog, Tracing
 
 
 def _devnull_writer() -> Callable[[bytes], Any]:
@@ -46,7 +46,7 @@ async def per_request_us(observer: Observer | None, traceparent: str | None, req
     timing = BatchTiming(0.0, 0.0001, 0.0009, 16, 16)
     start = time.perf_counter()
     for _ in range(requests):
-        call = Call("req-id", traceparent, None, "127.0.0.1:50000")
+        call = RequestContext("req-id", traceparent, None, "127.0.0.1:50000")
         if observer is not None:
             observer.finish(call, protocol="v2", model="bench", version="1", request_id=None, status=200,
                             rows=1, start=start, batch=timing)  # fmt: skip
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = asyncio.run(run(args.requests, args.repeats))
     base = rows[0][1]
-    print("| setting | µs per request (hook + Call) | over no observer |")
+    print("| setting | µs per request (hook + RequestContext) | over no observer |")
     print("|---|---:|---:|")
     for name, us in rows:
         print(f"| {name} | {us:.3f} | {us - base:+.3f} µs |")

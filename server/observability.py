@@ -1,11 +1,11 @@
 """What operators see of the server: its logs, a request log line per request, and OpenTelemetry traces.
 
-The data plane calls one hook per inference request, :meth:`Observer.finish`, after its answer is known,
-whatever the transport (HTTP V1/V2 or gRPC): transports only fill a :class:`Call` with what they alone know
-(the X-Request-ID header or x-request-id metadata, the W3C ``traceparent``, the client's address) and echo
-:attr:`Call.echo_id` back. With the request log off and no OTLP endpoint configured there is no observer at
-all (``build_observer`` returns None): the data plane's whole cost is one ``is None`` test, and the
-OpenTelemetry SDK is never imported.
+The data plane calls one hook per inference request, :meth:`Observer.finish`, once its answer is known,
+whatever the transport (HTTP V1/V2 or gRPC): transports only fill a :class:`RequestContext` with what they
+alone know (the X-Request-ID header or x-request-id metadata, the W3C ``traceparent``, the client's address)
+and echo :attr:`RequestContext.echo_id` back. With the request log off and no OTLP endpoint configured there
+is no observer at all (``build_observer`` returns None): the data plane's whole cost is an ``is None`` test,
+and the OpenTelemetry SDK is never imported.
 
 Every span is made at the end of its request with explicit start and end times (the arrival, the batch's
 start and end): nothing rides through the batcher, and a request that is never traced pays nothing for it.
@@ -27,7 +27,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -74,14 +73,14 @@ def setup_logging(level: str, fmt: LogFormat = "text") -> None:
     root.setLevel(level.upper())
 
 
-# ---------------------------------------------------------------- one call
+# ---------------------------------------------------------------- one request
 def new_request_id() -> str:
     """32 random hex digits: unique across worker processes and restarts, unlike a counter."""
     return os.urandom(16).hex()
 
 
-class Call:
-    """What one inference call's transport knows beyond the request itself, and the id it echoes.
+class RequestContext:
+    """What one inference request's transport knows beyond the request itself, and the id it echoes.
 
     The transport fills the first four fields; the data plane sets ``request_id`` (through
     :meth:`Observer.finish`) once the request's own ``id`` is known."""
@@ -107,15 +106,24 @@ class Call:
         return self.header_id or self.request_id
 
 
-@dataclass(frozen=True, slots=True)
 class BatchTiming:
-    """When one request's batch ran (``time.perf_counter()`` values) and how big it was."""
+    """When one request's batch ran (``time.perf_counter()`` values) and how big it was: the data plane
+    hands an empty one to the batcher, which fills it when the batch has run (``requests`` stays 0 for a
+    request that never ran, such as one that timed out in the queue)."""
 
-    enqueued: float
-    started: float
-    finished: float
-    rows: int  # rows in the whole batch
-    requests: int  # requests served by the batch
+    __slots__ = ("enqueued", "finished", "requests", "rows", "started")
+
+    def __init__(
+        self,
+        enqueued: float = 0.0,
+        started: float = 0.0,
+        finished: float = 0.0,
+        rows: int = 0,
+        requests: int = 0,
+    ) -> None:
+        self.enqueued, self.started, self.finished = enqueued, started, finished
+        self.rows = rows  # rows in the whole batch
+        self.requests = requests  # requests the batch served
 
 
 # ---------------------------------------------------------------- the request log
@@ -212,7 +220,7 @@ class Tracing:
 
     def record(
         self,
-        call: Call,
+        ctx: RequestContext,
         name: str,
         attributes: dict[str, Any],
         start_ns: int,
@@ -224,10 +232,10 @@ class Tracing:
     ) -> str | None:
         """Emit the request's span and its children; the trace id (hex), or None when not sampled."""
         carrier = {}
-        if call.traceparent:
-            carrier["traceparent"] = call.traceparent
-            if call.tracestate:
-                carrier["tracestate"] = call.tracestate
+        if ctx.traceparent:
+            carrier["traceparent"] = ctx.traceparent
+            if ctx.tracestate:
+                carrier["tracestate"] = ctx.tracestate
         parent = self._extract(carrier) if carrier else None
         span = self.tracer.start_span(
             name, context=parent, kind=self._server, attributes=attributes, start_time=start_ns
@@ -297,7 +305,7 @@ class Observer:
 
     def finish(
         self,
-        call: Call | None,
+        context: RequestContext | None,
         *,
         protocol: str,
         model: str,
@@ -311,11 +319,13 @@ class Observer:
     ) -> None:
         """Log and trace one answered request. `start` is its arrival (``time.perf_counter()``), `status`
         its HTTP-style status (200, 4xx, 5xx; gRPC maps from the same), `request_id` the request's own
-        ``id``. Sets ``call.request_id`` (the logged id, also the one echoed when the client sent none)."""
+        ``id``. Sets ``context.request_id`` (the logged id, also the one echoed when the client sent none)."""
         end = time.perf_counter()
-        call = call if call is not None else Call()
-        rid = request_id or call.header_id or new_request_id()
-        call.request_id = rid = rid[:MAX_ID_CHARS]
+        if batch is not None and batch.requests == 0:  # it never ran (timed out in the queue, refused...)
+            batch = None
+        ctx = context if context is not None else RequestContext()
+        rid = request_id or ctx.header_id or new_request_id()
+        ctx.request_id = rid = rid[:MAX_ID_CHARS]
         rl = self.request_log
         logged = rl is not None and rl.wanted(status)
         if not logged and self.tracing is None:  # a request the sampled log skips costs this much
@@ -339,14 +349,14 @@ class Observer:
                 attributes["ensemble.model.version"] = version
             if rows is not None:
                 attributes["ensemble.rows"] = rows
-            if call.client:
-                host, _, port = call.client.rpartition(":")
+            if ctx.client:
+                host, _, port = ctx.client.rpartition(":")
                 attributes["client.address"] = host
                 if port.isdigit():
                     attributes["client.port"] = int(port)
             name = f"infer {model}" if status != 404 else "infer"  # unknown names: no new span names
             trace_id = self.tracing.record(
-                call, name, attributes, perf_to_ns(start), end_ns, status, error, batch, perf_to_ns
+                ctx, name, attributes, perf_to_ns(start), end_ns, status, error, batch, perf_to_ns
             )
         if logged:
             assert rl is not None
@@ -361,10 +371,10 @@ class Observer:
                 "queue_ms": None if batch is None else round((batch.started - batch.enqueued) * 1000, 3),
                 "compute_ms": None if batch is None else round((batch.finished - batch.started) * 1000, 3),
                 "total_ms": round((end - start) * 1000, 3),
-                "client": call.client,
+                "client": ctx.client,
             }
-            if call.header_id and call.header_id[:MAX_ID_CHARS] != rid:
-                entry["x_request_id"] = call.header_id[:MAX_ID_CHARS]
+            if ctx.header_id and ctx.header_id[:MAX_ID_CHARS] != rid:
+                entry["x_request_id"] = ctx.header_id[:MAX_ID_CHARS]
             if trace_id is not None:
                 entry["trace_id"] = trace_id
             if error is not None:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from server import observability as obs
-from server.observability import BatchTiming, Call, Observer, RequestLog, Tracing
+from server.observability import BatchTiming, Observer, RequestContext, RequestLog, Tracing
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -49,20 +49,20 @@ def batch_of(start: float, queue_s: float, compute_s: float, rows: int = 8, requ
     return BatchTiming(start, start + queue_s, start + queue_s + compute_s, rows, requests)
 
 
-def finish(observer: Observer, call: Call | None, **kw: object) -> None:
+def finish(observer: Observer, context: RequestContext | None, **kw: object) -> None:
     args: dict = {
         "protocol": "v2", "model": "iris", "version": "1", "request_id": None, "status": 200, "rows": 2,
         "start": time.perf_counter() - 0.010, "batch": None,
     }  # fmt: skip
     args.update(kw)
-    observer.finish(call, **args)
+    observer.finish(context, **args)
 
 
 # ---------------------------------------------------------------- request log
 def test_a_full_log_line_has_every_field_and_no_payload() -> None:
     sink = Lines()
     observer = Observer(RequestLog("full", write=sink), None)
-    call = Call(header_id=None, client="127.0.0.1:5000")
+    call = RequestContext(client="127.0.0.1:5000")
     start = time.perf_counter() - 0.010
     finish(observer, call, request_id="req-7", rows=3, start=start, batch=batch_of(start, 0.002, 0.005))
     (entry,) = sink.entries
@@ -89,14 +89,14 @@ def test_a_full_log_line_has_every_field_and_no_payload() -> None:
 def test_the_request_id_is_the_v2_id_then_the_header_then_generated() -> None:
     sink = Lines()
     observer = Observer(RequestLog("full", write=sink), None)
-    header_only = Call(header_id="from-ingress")
+    header_only = RequestContext(header_id="from-ingress")
     finish(observer, header_only)
     assert header_only.request_id == "from-ingress" and header_only.echo_id == "from-ingress"
-    both = Call(header_id="from-ingress")
+    both = RequestContext(header_id="from-ingress")
     finish(observer, both, request_id="from-body")
     # The client's header is echoed as sent; the log keeps both ids.
     assert both.request_id == "from-body" and both.echo_id == "from-ingress"
-    generated = [Call() for _ in range(50)]
+    generated = [RequestContext() for _ in range(50)]
     for call in generated:
         finish(observer, call)
     ids = {c.request_id for c in generated}
@@ -117,17 +117,20 @@ def test_generated_ids_differ_across_processes() -> None:
 def test_failures_carry_the_error_and_no_batch_times() -> None:
     sink = Lines()
     observer = Observer(RequestLog("full", write=sink), None)
-    finish(observer, Call(), model="nope", version=None, status=404, rows=None,
+    finish(observer, RequestContext(), model="nope", version=None, status=404, rows=None,
            error="Model 'nope' does not exist.")  # fmt: skip
-    (entry,) = sink.entries
-    assert entry["status"] == 404 and entry["error"] == "Model 'nope' does not exist."
-    assert entry["queue_ms"] is None and entry["compute_ms"] is None and entry["rows"] is None
+    # A request that timed out in the queue: the batcher never filled its timing.
+    finish(observer, RequestContext(), status=504, batch=BatchTiming(), error="timed out")
+    missing, late = sink.entries
+    assert missing["status"] == 404 and missing["error"] == "Model 'nope' does not exist."
+    assert missing["queue_ms"] is None and missing["compute_ms"] is None and missing["rows"] is None
+    assert late["status"] == 504 and late["queue_ms"] is None and late["rows"] == 2
 
 
 def test_client_ids_are_cut_and_escaped() -> None:
     sink = Lines()
     observer = Observer(RequestLog("full", write=sink), None)
-    call = Call(header_id='x"\n' + "y" * 1000)
+    call = RequestContext(header_id='x"\n' + "y" * 1000)
     finish(observer, call)
     (entry,) = sink.entries
     assert entry["request_id"] == ('x"\n' + "y" * 1000)[: obs.MAX_ID_CHARS]
@@ -138,9 +141,9 @@ def test_sampled_logs_about_the_rate_of_successes_and_every_failure() -> None:
     sink = Lines()
     observer = Observer(RequestLog("sampled", 0.1, write=sink), None)
     for _ in range(2000):
-        finish(observer, Call())
+        finish(observer, RequestContext())
     for status in (400, 429, 504):
-        finish(observer, Call(), status=status)
+        finish(observer, RequestContext(), status=status)
     entries = sink.entries
     ok = [e for e in entries if e["status"] == 200]
     assert 120 <= len(ok) <= 290  # 200 expected; the bounds are over 4 standard deviations wide
@@ -157,7 +160,7 @@ def test_lines_of_one_loop_iteration_leave_in_one_write_of_at_most_pipe_buf() ->
 
     async def burst() -> None:
         for _ in range(40):  # about 250 bytes each: 10 kB in all
-            finish(observer, Call())
+            finish(observer, RequestContext())
         assert sink.writes == []  # not yet: flushed once the loop gets to it
         await asyncio.sleep(0)
 
@@ -172,7 +175,7 @@ def test_spans_continue_the_clients_trace_with_queue_and_inference_children() ->
     t, exporter = tracing()
     sink = Lines()
     observer = Observer(RequestLog("full", write=sink), t)
-    call = Call(traceparent=TRACEPARENT, client="10.0.0.5:41234")
+    call = RequestContext(traceparent=TRACEPARENT, client="10.0.0.5:41234")
     start = time.perf_counter() - 0.010
     finish(observer, call, request_id="abc", rows=3, start=start,
            batch=batch_of(start + 0.001, 0.002, 0.004, rows=8, requests=3))  # fmt: skip
@@ -203,8 +206,10 @@ def test_spans_continue_the_clients_trace_with_queue_and_inference_children() ->
 def test_without_traceparent_a_new_trace_starts() -> None:
     t, exporter = tracing()
     observer = Observer(None, t)
-    finish(observer, Call())
-    finish(observer, Call(traceparent="garbage"))  # an invalid header is ignored, as the W3C spec says
+    finish(observer, RequestContext())
+    finish(
+        observer, RequestContext(traceparent="garbage")
+    )  # an invalid header is ignored, as the W3C spec says
     roots = [s for s in exporter.get_finished_spans() if s.name == "infer iris"]
     assert len(roots) == 2 and all(s.parent is None for s in roots)
     assert roots[0].context.trace_id != roots[1].context.trace_id
@@ -213,9 +218,9 @@ def test_without_traceparent_a_new_trace_starts() -> None:
 def test_errors_mark_server_failures_only() -> None:
     t, exporter = tracing()
     observer = Observer(None, t)
-    finish(observer, Call(), status=400, error="bad input")
-    finish(observer, Call(), status=504, error="timed out")
-    finish(observer, Call(), model="whatever-name", status=404, error="no such model")
+    finish(observer, RequestContext(), status=400, error="bad input")
+    finish(observer, RequestContext(), status=504, error="timed out")
+    finish(observer, RequestContext(), model="whatever-name", status=404, error="no such model")
     bad, late, unknown = exporter.get_finished_spans()
     assert bad.status.status_code == StatusCode.UNSET and bad.attributes["ensemble.error"] == "bad input"
     assert late.status.status_code == StatusCode.ERROR and late.status.description == "timed out"
@@ -225,7 +230,7 @@ def test_errors_mark_server_failures_only() -> None:
 def test_an_unsampled_parent_records_nothing() -> None:
     t, exporter = tracing()
     observer = Observer(None, t)
-    call = Call(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")  # the caller decided not to sample
+    call = RequestContext(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")  # the caller decided not to sample
     finish(observer, call, batch=batch_of(time.perf_counter(), 0.001, 0.001))
     assert exporter.get_finished_spans() == ()
 
