@@ -1,4 +1,4 @@
-"""Run an ensemble's members and combine them: mean, spread (population std) and, for classes, the label.
+"""Run an ensemble's members and average them (``server.averaging``: mean, spread, for classes the label).
 
 Three ways to run the members, picked by ``member_execution``:
 
@@ -21,26 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from server.averaging import average
 from server.manifest import Manifest
 from server.runtime import SessionInfo, make_session
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("sequential", "fused", "parallel")
-
-
-# ---------------------------------------------------------------- pure math
-def combine(stacked: np.ndarray, task: str) -> dict[str, np.ndarray]:
-    """Combine member outputs stacked as ``(members, rows, width)`` into the served outputs."""
-    mean = stacked.mean(axis=0, dtype=np.float64)
-    spread = stacked.std(axis=0, ddof=0, dtype=np.float64)
-    if task == "classification":
-        return {
-            "probabilities": mean.astype(np.float32),
-            "label": mean.argmax(axis=1).astype(np.int64),
-            "spread": spread.astype(np.float32),
-        }
-    return {"prediction": mean.astype(np.float32), "spread": spread.astype(np.float32)}
 
 
 # ---------------------------------------------------------------- graph fusion
@@ -238,11 +223,8 @@ class Ensemble:
         log.info("%s: member execution measured (%s): %s", self.manifest.name, figures, chosen)
         return candidates[chosen]
 
-    def run_members(self, x: np.ndarray) -> np.ndarray:
-        return self.runner(x)
-
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return combine(self.runner(x), self.task)
+        return average(self.runner(x), self.task)
 
     def close(self) -> None:
         self.runner.close()
