@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -31,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=float, help="how long a batch may wait for company")
     p.add_argument("--member-execution", choices=["auto", "sequential", "fused", "parallel"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format", choices=["text", "json"], help="the server's logs on stderr (default text)"
+    )
+    p.add_argument(
+        "--request-log", choices=["off", "sampled", "full"], help="one JSON line per request on stdout"
+    )
     p.add_argument(
         "--repository-poll-interval-s", type=float, help="seconds between repository scans; 0: no hot reload"
     )
@@ -67,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from server.observability import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
     services = build_services(settings)
     app = create_app(services)
     config = uvicorn.Config(
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the root one: the same format (setup_logging)
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )

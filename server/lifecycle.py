@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from server.dataplane import DataPlane
 from server.metrics import Metrics
+from server.observability import build_observer
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
 from server.settings import Settings
@@ -66,7 +67,9 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     """The services for `settings` (nothing loaded or started yet: see :func:`running`)."""
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
-    dataplane = DataPlane(settings, registry, metrics)
+    # Per process (each worker builds its own services): the span exporter's thread must start after a fork.
+    observer = build_observer(settings.request_log, settings.request_log_sample_rate)
+    dataplane = DataPlane(settings, registry, metrics, observer)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
     return Services(settings, metrics, registry, dataplane, drain, poller)
@@ -95,3 +98,5 @@ async def running(services: Services) -> AsyncIterator[Services]:
             await background
         # After a drain every request is answered; otherwise (no signal) the usual request timeout applies.
         await services.registry.close(services.drain.remaining(services.settings.request_timeout_s))
+        if services.dataplane.observer is not None:  # the last log lines, the spans still buffered
+            services.dataplane.observer.close()

@@ -310,10 +310,10 @@ class Observer:
         protocol: str,
         model: str,
         version: str | None,
-        request_id: str | None,
         status: int,
-        rows: int | None,
         start: float,
+        request_id: str | None = None,
+        rows: int | None = None,
         batch: BatchTiming | None = None,
         error: str | None = None,
     ) -> None:
