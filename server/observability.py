@@ -26,7 +26,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -104,6 +104,22 @@ class RequestContext:
         """The X-Request-ID to answer with: the client's own when it sent one (an ingress correlates by it),
         else the id the request was logged under (None when nothing is logged or traced)."""
         return self.header_id or self.request_id
+
+
+def grpc_context(metadata: Iterable[tuple[str, str | bytes]] | None, peer: str | None) -> RequestContext:
+    """A gRPC call's context: x-request-id, traceparent and tracestate from its metadata (keys arrive in
+    lower case), and the peer (``ipv4:127.0.0.1:5000`` as grpc writes it) as ``127.0.0.1:5000``."""
+    found: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in _GRPC_KEYS and key not in found:
+            found[key] = value if isinstance(value, str) else value.decode("latin-1")
+    client = peer.partition(":")[2] if peer and peer.startswith(("ipv4:", "ipv6:")) else peer
+    return RequestContext(
+        found.get("x-request-id"), found.get("traceparent"), found.get("tracestate"), client
+    )
+
+
+_GRPC_KEYS = frozenset({"x-request-id", "traceparent", "tracestate"})
 
 
 class BatchTiming:

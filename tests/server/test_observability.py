@@ -292,3 +292,17 @@ def test_json_server_logs(capsys: pytest.CaptureFixture[str]) -> None:
     assert first["level"] == "WARNING" and first["logger"] == "server.test"
     assert first["message"] == "model iris failed" and first["time"].endswith("Z")
     assert "ValueError: boom" in second["exception"]
+
+
+def test_grpc_metadata_and_peer() -> None:
+    metadata = [("user-agent", "grpc-python"), ("x-request-id", "g-1"), ("traceparent", TRACEPARENT),
+                ("x-request-id", "second"), ("tracestate", b"k=v")]  # fmt: skip
+    ctx = obs.grpc_context(metadata, "ipv4:127.0.0.1:50051")
+    assert (ctx.header_id, ctx.traceparent, ctx.tracestate, ctx.client) == (
+        "g-1",
+        TRACEPARENT,
+        "k=v",
+        "127.0.0.1:50051",
+    )
+    assert obs.grpc_context(None, "ipv6:[::1]:50051").client == "[::1]:50051"
+    assert obs.grpc_context((), None).client is None
