@@ -1,6 +1,6 @@
 """Run an ensemble's members and average them (``server.averaging``: mean, spread, for classes the label).
 
-Three ways to run the members, picked by ``member_execution``:
+How the members run, picked by ``member_execution`` (three ways, and ``auto`` to choose among them):
 
 - ``sequential``: one onnxruntime session per member, run in turn;
 - ``fused``: the member graphs merged into ONE graph in memory (names prefixed per member, one shared

@@ -31,7 +31,7 @@ class ServedVersion:
     batcher: Batcher | None = None  # set by start()
     metrics: ModelMetrics | None = None  # this version's bound metric series, set by start()
     active: int = 0  # requests that looked this version up and are not answered yet
-    _drained: asyncio.Event | None = field(default=None, repr=False)  # set by the last leave() once retiring
+    _drained: asyncio.Event | None = field(default=None, init=False, repr=False)  # set by the last leave()
 
     @property
     def info_labels(self) -> tuple[str, ...]:

@@ -5,7 +5,8 @@ objects) cost several times the inference itself per request (profiled in docs/p
 :class:`Endpoint` matches every route of the table (``server.http.app.ROUTES``) itself, the way Starlette
 would (``{name}`` is ``[^/]+``), hands the handler a :class:`Call` and writes its :data:`Reply`, or the
 error, with the one renderer (``server.http.errors``). A path no route has goes to FastAPI (``/docs``,
-``/openapi.json``, the docs assets, and its 404 for the rest); a known path with another method is 405.
+``/openapi.json``, the docs assets, and its 404 for the rest); a known path with another method is 405,
+and one with a trailing slash is redirected (307) without it, as Starlette does.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Endpoint:
             path = path[len(root) :]
         found = self.match(scope["method"], path)
         if found is None:
+            if path != "/" and path.endswith("/") and self.match(scope["method"], path.rstrip("/")):
+                await _redirect_without_slash(scope, receive, send)
+                return
             await self.fallback(scope, receive, send)
             return
         if isinstance(found, list):
@@ -121,3 +125,12 @@ class Endpoint:
             await send_error(send, 500, INTERNAL)
             return
         await send_reply(send, status, body, content_type, headers)
+
+
+async def _redirect_without_slash(scope: Scope, receive: Receive, send: Send) -> None:
+    """307 to the path without its trailing slash, as Starlette's router answers."""
+    from starlette.datastructures import URL
+    from starlette.responses import RedirectResponse
+
+    target = URL(scope={**scope, "path": scope["path"].rstrip("/")})
+    await RedirectResponse(url=str(target))(scope, receive, send)

@@ -37,8 +37,9 @@ DATATYPES: Mapping[str, np.dtype] = {
 _SUPPORTED = ", ".join(DATATYPES)
 
 
-class ProtocolError(BadRequest):
-    """A malformed inference request (a 400); ``message`` is one clear sentence for the client."""
+class ProtocolError(BadRequest, ValueError):
+    """A malformed inference request (a 400); ``message`` is one clear sentence for the client. Also a
+    ValueError, for callers of the codecs outside the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +224,11 @@ def encode_binary_tensor(array: np.ndarray, datatype: str) -> bytes:
 
 
 def output_dtype(array: np.ndarray, datatype: str) -> np.dtype:
-    """The little-endian dtype of an output `array` for `datatype`; ValueError on a programming error."""
+    """The little-endian dtype of an output `array` for `datatype`; ValueError (a programming error)
+    says what is wrong after the output's name."""
     dtype = DATATYPES.get(datatype)
     if dtype is None:
-        raise ValueError(f"output datatype {datatype!r} is not supported")
+        raise ValueError(f"has unsupported datatype {datatype!r}")
     if array.dtype.newbyteorder("=") != dtype.newbyteorder("="):
-        raise ValueError(f"output is {array.dtype} but datatype {datatype} needs {dtype}")
+        raise ValueError(f"is {array.dtype} but datatype {datatype} needs {dtype}")
     return dtype

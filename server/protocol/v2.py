@@ -381,10 +381,10 @@ def encode_infer_response(
     tensors = []
     raws: list[bytes] = []
     for name, array, datatype in outputs:
-        try:
+        try:  # "output 'p' has unsupported datatype 'BYTES'", "output 'p' is float64 but ..."
             dtype = output_dtype(array, datatype)
         except ValueError as exc:
-            raise ValueError(f"output {name!r}: {exc}") from None
+            raise ValueError(f"output {name!r} {exc}") from None
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in chosen:
             raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
