@@ -145,9 +145,13 @@ class BatchTiming:
 # ---------------------------------------------------------------- the request log
 def _utc_iso(epoch_s: float) -> str:
     """ISO 8601 in UTC with milliseconds: ``2026-12-01T19:52:07.042Z``."""
-    seconds = int(epoch_s)
-    millis = int((epoch_s - seconds) * 1000)
+    seconds, millis = divmod(round(epoch_s * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond (a fifth of ``round(x, 3)``'s cost, which goes through a string)."""
+    return round(seconds * 1e6) / 1000
 
 
 def _stdout_write(data: bytes) -> None:
@@ -169,21 +173,21 @@ class RequestLog:
     ) -> None:
         self.mode, self.sample_rate, self._write = mode, sample_rate, write
         self._pending: list[bytes] = []
-        self._second = -1
-        self._second_text = ""
+        self._millis = -1
+        self._millis_text = ""
 
     def wanted(self, status: int) -> bool:
         if self.mode == "off":
             return False
         return self.mode == "full" or status >= 400 or random.random() < self.sample_rate
 
-    def timestamp(self, epoch_s: float) -> str:
-        # strftime once a second: the rest of the line costs less than formatting a date each time.
-        seconds = int(epoch_s)
-        if seconds != self._second:
-            self._second = seconds
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        return f"{self._second_text}.{int((epoch_s - seconds) * 1000):03d}Z"
+    def timestamp(self, epoch_ns: int) -> str:
+        # Formatted once a millisecond: under load the requests of one batch (and more) share it.
+        millis = epoch_ns // 1_000_000
+        if millis != self._millis:
+            self._millis = millis
+            self._millis_text = _utc_iso(millis / 1000)
+        return self._millis_text
 
     def emit(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry) + b"\n"
@@ -377,16 +381,16 @@ class Observer:
         if logged:
             assert rl is not None
             entry: dict[str, Any] = {
-                "time": rl.timestamp(now_ns / 1e9 - (end - start)),
+                "time": rl.timestamp(now_ns - int((end - start) * 1e9)),
                 "request_id": rid,
                 "model": model,
                 "version": version,
                 "protocol": protocol,
                 "status": status,
                 "rows": rows,
-                "queue_ms": None if batch is None else round((batch.started - batch.enqueued) * 1000, 3),
-                "compute_ms": None if batch is None else round((batch.finished - batch.started) * 1000, 3),
-                "total_ms": round((end - start) * 1000, 3),
+                "queue_ms": None if batch is None else _ms(batch.started - batch.enqueued),
+                "compute_ms": None if batch is None else _ms(batch.finished - batch.started),
+                "total_ms": _ms(end - start),
                 "client": ctx.client,
             }
             if ctx.header_id and ctx.header_id[:MAX_ID_CHARS] != rid:
