@@ -12,7 +12,7 @@ start and end): nothing rides through the batcher, and a request that is never t
 Each request's trace gets its own ``queue`` and ``inference`` children, the latter carrying the size of the
 batch it ran in (a batch serves several requests; see docs/operations.md for why this beats span links).
 
-Nothing here assumes one process: ids are random (``os.urandom``), each worker process sets up its own
+Nothing here assumes one process: ids are random (seeded per process), each worker process sets up its own
 tracer provider (after the fork) and writes whole lines to stdout with single ``write`` calls of at most
 ``PIPE_BUF`` bytes, which the kernel does not interleave with other writers' lines.
 """
@@ -75,8 +75,12 @@ def setup_logging(level: str, fmt: LogFormat = "text") -> None:
 
 # ---------------------------------------------------------------- one request
 def new_request_id() -> str:
-    """32 random hex digits: unique across worker processes and restarts, unlike a counter."""
-    return os.urandom(16).hex()
+    """32 random hex digits: unique across worker processes and restarts, unlike a counter.
+
+    From the ``random`` module (a tenth of ``os.urandom``'s system call): it is seeded from the OS in
+    every process and reseeded in a forked child, so two workers never share a sequence. An id, not a
+    secret."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestContext:
@@ -147,11 +151,6 @@ def _utc_iso(epoch_s: float) -> str:
     """ISO 8601 in UTC with milliseconds: ``2026-12-01T19:52:07.042Z``."""
     seconds, millis = divmod(round(epoch_s * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-def _ms(seconds: float) -> float:
-    """Milliseconds to the microsecond (a fifth of ``round(x, 3)``'s cost, which goes through a string)."""
-    return round(seconds * 1e6) / 1000
 
 
 def _stdout_write(data: bytes) -> None:
@@ -388,9 +387,10 @@ class Observer:
                 "protocol": protocol,
                 "status": status,
                 "rows": rows,
-                "queue_ms": None if batch is None else _ms(batch.started - batch.enqueued),
-                "compute_ms": None if batch is None else _ms(batch.finished - batch.started),
-                "total_ms": _ms(end - start),
+                # Milliseconds to the microsecond, inline: round(x, 3) goes through a string (5x slower).
+                "queue_ms": None if batch is None else round((batch.started - batch.enqueued) * 1e6) / 1000,
+                "compute_ms": None if batch is None else round((batch.finished - batch.started) * 1e6) / 1000,
+                "total_ms": round((end - start) * 1e6) / 1000,
                 "client": ctx.client,
             }
             if ctx.header_id and ctx.header_id[:MAX_ID_CHARS] != rid:
