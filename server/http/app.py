@@ -126,9 +126,8 @@ async def infer(s: Services, call: Call) -> Reply:
         return 200, out, v2.BINARY_CONTENT_TYPE, {v2.HEADER_LENGTH_HEADER: str(length)}
 
     context = _context(s, call)
-    return await _echo_request_id(
-        context, s.dataplane.infer_with(name, version, decode, encode, protocol="v2", context=context)
-    )
+    answer = s.dataplane.infer_with(name, version, decode, encode, protocol="v2", context=context)
+    return await (answer if context is None else _echo_request_id(context, answer))
 
 
 # ---------------------------------------------------------------------------------- V1
@@ -142,9 +141,8 @@ async def predict(s: Services, call: Call) -> Reply:
         return 200, v1.encode_response(manifest, response), JSON, None
 
     context = _context(s, call)
-    return await _echo_request_id(
-        context, s.dataplane.infer_with(name, None, decode, encode, protocol="v1", context=context)
-    )
+    answer = s.dataplane.infer_with(name, None, decode, encode, protocol="v1", context=context)
+    return await (answer if context is None else _echo_request_id(context, answer))
 
 
 # ---------------------------------------------------------------------------------- repository admin

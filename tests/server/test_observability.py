@@ -144,6 +144,9 @@ def test_sampled_logs_about_the_rate_of_successes_and_every_failure() -> None:
         finish(observer, RequestContext())
     for status in (400, 429, 504):
         finish(observer, RequestContext(), status=status)
+    skipped = RequestContext()
+    finish(Observer(RequestLog("sampled", 0.0, write=sink), None), skipped)
+    assert skipped.request_id is None and skipped.echo_id is None  # recorded nowhere: no id made up
     entries = sink.entries
     ok = [e for e in entries if e["status"] == 200]
     assert 120 <= len(ok) <= 290  # 200 expected; the bounds are over 4 standard deviations wide
