@@ -241,7 +241,7 @@ class Tracing:
         self,
         ctx: RequestContext,
         name: str,
-        attributes: dict[str, Any],
+        attributes: Callable[[], dict[str, Any]],
         start_ns: int,
         end_ns: int,
         status: int,
@@ -249,19 +249,18 @@ class Tracing:
         batch: BatchTiming | None,
         perf_to_ns: Callable[[float], int],
     ) -> str | None:
-        """Emit the request's span and its children; the trace id (hex), or None when not sampled."""
+        """Emit the request's span and its children; the trace id (hex), or None when not sampled.
+        `attributes` is called only for a sampled span: an unsampled request costs the sampler's verdict."""
         carrier = {}
         if ctx.traceparent:
             carrier["traceparent"] = ctx.traceparent
             if ctx.tracestate:
                 carrier["tracestate"] = ctx.tracestate
         parent = self._extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            name, context=parent, kind=self._server, attributes=attributes, start_time=start_ns
-        )
+        span = self.tracer.start_span(name, context=parent, kind=self._server, start_time=start_ns)
         if not span.is_recording():
-            span.end(end_time=end_ns)
             return None
+        span.set_attributes(attributes())
         if error is not None:
             span.set_attribute("ensemble.error", error)
         if status >= 500:  # server spans: a 4xx is the client's mistake, not an error of the server's
@@ -359,21 +358,24 @@ class Observer:
             def perf_to_ns(t: float) -> int:
                 return now_ns - int((end - t) * 1e9)
 
-            attributes: dict[str, Any] = {
-                "ensemble.model": model,
-                "ensemble.protocol": protocol,
-                "ensemble.request_id": rid,
-                "ensemble.status_code": status,
-            }
-            if version is not None:
-                attributes["ensemble.model.version"] = version
-            if rows is not None:
-                attributes["ensemble.rows"] = rows
-            if ctx.client:
-                host, _, port = ctx.client.rpartition(":")
-                attributes["client.address"] = host
-                if port.isdigit():
-                    attributes["client.port"] = int(port)
+            def attributes() -> dict[str, Any]:
+                found: dict[str, Any] = {
+                    "ensemble.model": model,
+                    "ensemble.protocol": protocol,
+                    "ensemble.request_id": rid,
+                    "ensemble.status_code": status,
+                }
+                if version is not None:
+                    found["ensemble.model.version"] = version
+                if rows is not None:
+                    found["ensemble.rows"] = rows
+                if ctx.client:
+                    host, _, port = ctx.client.rpartition(":")
+                    found["client.address"] = host
+                    if port.isdigit():
+                        found["client.port"] = int(port)
+                return found
+
             name = f"infer {model}" if status != 404 else "infer"  # unknown names: no new span names
             trace_id = self.tracing.record(
                 ctx, name, attributes, perf_to_ns(start), end_ns, status, error, batch, perf_to_ns
