@@ -18,6 +18,8 @@ Changes to the interface in /work/notes/dataplane-interface.md (shapes kept):
   answer 404/503 from it).
 - ``server.errors.ClientDisconnected`` (499): raise it from a decode when the client left.
 - Draining is not the data plane's: ``services.drain`` (``server.lifecycle.DrainState``).
+- The tensor types are ``@dataclass(slots=True)``, not ``frozen`` (same fields; immutable by convention):
+  frozen construction cost measurably on the hot path (server/protocol/tensors.py).
 """
 
 from __future__ import annotations

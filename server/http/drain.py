@@ -3,9 +3,9 @@
 uvicorn's own shutdown closes the listening socket at once, so a readiness probe would only see a refused
 connection and a load balancer could not tell "draining" from "dead". ``DrainingServer`` puts a drain phase in
 front of it: the first SIGTERM (or SIGINT) sets ``DrainState.draining`` (``server.lifecycle``, shared with the
-other transports); ``DrainMiddleware`` then answers
-readiness probes 503 and every new POST 503 ``{"error"}`` with ``Connection: close``, while the requests
-already accepted run to the end. Once none is left (or ``drain_timeout_s`` passed) uvicorn's shutdown
+other transports); ``DrainMiddleware`` then answers readiness probes 503 and every new POST 503 ``{"error"}``
+(the one renderer, ``server.http.errors``) with ``Connection: close``, while the requests already accepted
+run to the end. Once none is left (or ``drain_timeout_s`` passed) uvicorn's shutdown
 runs with whatever time remains. A second signal skips the wait.
 """
 

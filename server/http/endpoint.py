@@ -65,12 +65,12 @@ class Route:
     response: type | None = None  # pydantic model describing the 200 body (docs only)
     binary_body: bool = False  # also takes Triton's binary tensor bodies (docs only)
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False)  # the literal end: a cheap test first
 
     def __post_init__(self) -> None:
-        regex = _PARAM.sub(
-            lambda m: f"(?P<{m[1]}>[^/]+)", re.escape(self.path).replace(r"\{", "{").replace(r"\}", "}")
-        )
-        object.__setattr__(self, "pattern", re.compile(regex))
+        escaped = re.escape(self.path).replace(r"\{", "{").replace(r"\}", "}")
+        object.__setattr__(self, "pattern", re.compile(_PARAM.sub(lambda m: f"(?P<{m[1]}>[^/]+)", escaped)))
+        object.__setattr__(self, "suffix", self.path.rsplit("}", 1)[-1])
 
 
 class Endpoint:
@@ -78,17 +78,16 @@ class Endpoint:
 
     def __init__(self, routes: tuple[Route, ...], services: Any, fallback: Any) -> None:
         self.routes, self.services, self.fallback = routes, services, fallback
+        # Per method, in table order (the order decides between "/v2/models/stats" and "{name}").
+        self._by_method = {m: [r for r in routes if r.method == m] for m in ("GET", "POST")}
+        self._by_method["HEAD"] = self._by_method["GET"]
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | list[str] | None:
         """The route and its parameters; else the methods the path allows (a 405), or None (unknown)."""
-        allowed: list[str] = []
-        for route in self.routes:
-            m = route.pattern.fullmatch(path)
-            if m is None:
-                continue
-            if route.method == method or (method == "HEAD" and route.method == "GET"):
+        for route in self._by_method.get(method, ()):
+            if path.endswith(route.suffix) and (m := route.pattern.fullmatch(path)) is not None:
                 return route, m.groupdict()
-            allowed.append(route.method)
+        allowed = [route.method for route in self.routes if route.pattern.fullmatch(path)]
         return allowed or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

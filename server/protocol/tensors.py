@@ -3,6 +3,10 @@
 Every transport decodes into these types and encodes from them: the V2 REST codec (``server.protocol.v2``,
 JSON and Triton's binary tensors), the V1 codec and gRPC. The data plane (``server.dataplane``) sees only
 these. Bad client input raises :class:`ProtocolError`, a 400 whose ``message`` is one sentence.
+
+The types are slotted dataclasses, immutable by convention but not ``frozen``: several are made per
+request on the hot path, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)
+costs about four times a plain one's. Nobody mutates them once built.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class ProtocolError(BadRequest, ValueError):
     ValueError, for callers of the codecs outside the server."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputTensor:
     """One decoded input tensor. ``data`` has ``shape`` and the datatype's dtype; when it came as binary
     it is a zero-copy, read-only view into the request body."""
@@ -54,7 +58,7 @@ class InputTensor:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestedOutput:
     """One entry of the request's ``outputs``; ``binary_data`` (HTTP only) is None when not said."""
 
@@ -63,7 +67,7 @@ class RequestedOutput:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferenceRequest:
     """One inference request, from any transport."""
 
@@ -93,7 +97,7 @@ class InferenceRequest:
         return [out.name for out in self.outputs]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutputTensor:
     name: str
     datatype: str
@@ -101,7 +105,7 @@ class OutputTensor:
     data: np.ndarray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferenceResponse:
     model_name: str
     model_version: str
