@@ -80,7 +80,7 @@ def test_a_full_log_line_has_every_field_and_no_payload() -> None:
     assert entry["compute_ms"] == pytest.approx(5.0, abs=1e-6)
     assert 10.0 <= entry["total_ms"] < 1000
     assert entry["client"] == "127.0.0.1:5000"
-    # The arrival, in UTC with milliseconds, about 10 ms ago.
+    # When the answer was ready, in UTC with milliseconds.
     assert entry["time"].endswith("Z") and len(entry["time"]) == len("2026-01-01T00:00:00.000Z")
     arrived = time.mktime(time.strptime(entry["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert abs(arrived - time.time()) < 5
