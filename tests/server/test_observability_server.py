@@ -25,7 +25,8 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 FIELDS = {"time", "request_id", "model", "version", "protocol", "status", "rows", "queue_ms", "compute_ms",
           "total_ms", "client"}  # fmt: skip
-SERVER_KIND, INTERNAL_KIND = 2, 1  # opentelemetry.proto.trace.v1.Span.SpanKind
+SERVER_KIND, INTERNAL_KIND = 2, 1
+ADMIN = "obs-admin"  # opentelemetry.proto.trace.v1.Span.SpanKind
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def server(receiver: OTLPReceiver, tmp_path_factory: pytest.TempPathFactory) -> 
     env = {
         "ENSEMBLE_REQUEST_LOG": "full",
         "ENSEMBLE_WARMUP_RUNS": "1",
+        "ENSEMBLE_ADMIN_TOKEN": ADMIN,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_SERVICE_NAME": "obs-test",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s, not the default 5 s
@@ -166,6 +168,14 @@ def test_readiness_names_the_model_that_is_not_ready_and_why(server: ServerProce
     assert body["ready"] is False and body["loading"] is False
     assert set(body["models"]) == {"broken"} and "sha256" in body["models"]["broken"]
     assert server.client.get("/v2/health/live").status_code == 200
+    # A model unloaded on purpose does not count against readiness, so it is not named either.
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert server.client.post("/v2/repository/models/iris/unload", headers=auth).status_code == 200
+    try:
+        after = server.client.get("/v2/health/ready").json()
+        assert set(after["models"]) == {"broken"}
+    finally:
+        assert server.client.post("/v2/repository/models/iris/load", headers=auth).status_code == 200
 
 
 def test_grpc_requests_are_logged_and_traced_too(server: ServerProcess, receiver: OTLPReceiver) -> None:
