@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test bench
+.PHONY: install run train serve test lint format clean gpu-check image-test bench bench-compare
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -56,5 +56,9 @@ gpu-check:
 
 # The benchmark harness (about 10 minutes, needs `wrk`): our server against onnxruntime in process, a minimal
 # ASGI app and a FastAPI baseline. Writes docs/benchmarks.md/.json/.png. BENCH_ARGS=--use-trained serves digits.
+# Every other benchmark and experiment: `python -m benchmarks` lists them; `make bench-compare REVS="a=REV b=REV"`.
 bench: install
-	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks run $(BENCH_ARGS)
+
+bench-compare: install
+	$(BIN)/python -m benchmarks compare $(REVS) $(BENCH_ARGS)

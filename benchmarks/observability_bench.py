@@ -6,14 +6,15 @@ and sampled (lines to /dev/null through the same single-write path as stdout), a
 SDK and batch span processor in front of an exporter that drops the spans.
 
 ``--server REPO`` measures the whole server instead: one app per setting (``build_services`` +
-``create_app``, as ``benchmarks.asgi_load`` drives them: ASGI calls, no sockets) in ONE process, slices of
-requests sent to each in turn, round-robin, so that the load of a shared machine falls on every setting
-alike; the process's CPU time per request (event loop, inference and exporter threads together) is
-compared to the app without an observer. The request log goes to a real file; tracing exports over
-OTLP/HTTP to a receiver in another process (the tests' one), so the collector's work is not counted.
+``create_app``, driven as ``benchmarks.experiments.asgi_load`` does: ASGI calls, no sockets) in ONE
+process, slices of requests sent to each in turn, round-robin, so that the load of a shared machine
+falls on every setting alike; the process's CPU time per request (event loop, inference and exporter
+threads together) is compared to the app without an observer. The request log goes to a real file;
+tracing exports over OTLP/HTTP to a receiver in another process (the tests' one), so the collector's
+work is not counted.
 
-    python -m benchmarks.observability_bench [--requests 20000]
-    python -m benchmarks.observability_bench --server REPO [--model bench] [--protocol v2bin] \\
+    python -m benchmarks observability [--requests 20000]
+    python -m benchmarks observability --server REPO [--model bench] [--protocol v2bin] \\
         [--slices 12] [--slice-requests 2000] [--concurrency 64]
 """
 
@@ -191,7 +192,7 @@ def server_main(args: argparse.Namespace) -> int:
     import uvloop
 
     receiver = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tests.helpers.otlp_receiver import OTLPReceiver; "
+        [sys.executable, "-c", "import sys, time; from testing.otlp_receiver import OTLPReceiver; "
          "r = OTLPReceiver(); r._thread.start(); print(r.endpoint, flush=True); time.sleep(3600)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

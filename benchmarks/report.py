@@ -143,7 +143,7 @@ def markdown(results: dict[str, Any]) -> str:
     cells = medians(results["http"])
     ort = ort_medians(results["ort"])
     ours = results["services"].get("ours", {})
-    command = " ".join(["python -m benchmarks.run", *results["argv"]])
+    command = " ".join(["python -m benchmarks run", *results["argv"]])
     lines = [
         "# Benchmarks",
         "",
@@ -160,8 +160,8 @@ def markdown(results: dict[str, Any]) -> str:
         " keep-alive connections = concurrency) on the same cores. Cells run round-robin across systems"
         " (order reversed on each repeat) so drift hits all alike; each cell ran"
         f" {results['seconds']:g} s, {results['repeats']} time(s); the tables give medians.",
-        "Figures move by up to 40% between runs on this machine: compare ratios within one run, not absolute"
-        " figures across runs.",
+        "Figures move between runs on shared cores: compare ratios within one run, not absolute figures"
+        " across runs.",
         "",
         "## Verdict against the targets (issue 8)",
         "",

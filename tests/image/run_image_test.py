@@ -31,14 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.image.tiny_repository import (  # noqa: E402 (the repository root must be on sys.path first)
-    INPUT_NAME,
-    MODEL_NAME,
-    build_tiny_repository,
-    expected_probabilities,
-)
+from testing.repositories import Repository, tiny_repository  # noqa: E402 (the root must be on sys.path first)
 
 CACHE = ROOT / ".cache" / "image"
+MODEL_NAME, INPUT_NAME = "tiny", "input"  # testing.repositories.tiny_repository
 BASE_TAG = "localhost/ensemble-base:bookworm"
 BASE_TARBALL = CACHE / "ensemble-base-bookworm.tar"
 IMAGE_TAG = "localhost/ensemble-serving:image-test"
@@ -226,9 +222,9 @@ def wait_ready(base: str, container: str, env: dict[str, str]) -> float:
     raise StepFailed(f"/v2/health/ready did not answer 200 within {READY_TIMEOUT_S:.0f} s")
 
 
-def check_serving(base: str) -> None:
+def check_serving(base: str, repo: Repository) -> None:
     rows = np.array([[0.1, 0.2, 0.3, 0.4], [1.5, -0.5, 0.25, 2.0]], dtype=np.float32)
-    expected = expected_probabilities(rows)
+    expected = repo.expected(rows, MODEL_NAME)
     body = {
         "inputs": [
             {"name": INPUT_NAME, "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
@@ -273,7 +269,7 @@ def process_uid(container: str, env: dict[str, str]) -> int:
     raise StepFailed("could not read the server's UID from /proc/1/status")
 
 
-def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
+def serve_and_check(env: dict[str, str], repo: Repository) -> dict[str, float]:
     port = free_port()
     container = f"ensemble-image-test-{os.getpid()}"
     base = f"http://127.0.0.1:{port}"
@@ -294,7 +290,7 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
             "--publish",
             f"127.0.0.1:{port}:8000",
             "--volume",
-            f"{models}:/models:ro",
+            f"{repo.root}:/models:ro",
             "--env",
             "ENSEMBLE_DRAIN_TIMEOUT_S=10",
             IMAGE_TAG,
@@ -312,7 +308,7 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
             log("container log (last lines):\n" + "\n".join(tail))
             raise
         log(f"ready {figures['start_to_ready_s']:.1f} s after `podman run` on {base}")
-        check_serving(base)
+        check_serving(base, repo)
         health = run(["podman", "healthcheck", "run", container], env, check=False, quiet=True)
         if health.returncode != 0:
             raise StepFailed(f"the image's HEALTHCHECK failed: {(health.stdout + health.stderr).strip()}")
@@ -370,12 +366,12 @@ def main() -> int:
         step = "writing the tiny model repository"
         models = CACHE / "models"
         shutil.rmtree(models, ignore_errors=True)
-        build_tiny_repository(models)
+        repo = tiny_repository(models)
         # The server runs as UID 10001 and reads the mount: world-readable files and folders.
         for path in [models, *models.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         step = "serving from the container"
-        figures = serve_and_check(env, models)
+        figures = serve_and_check(env, repo)
     except StepFailed as err:
         print(f"image-test FAILED while {step}: {err}", file=sys.stderr)
         return 1

@@ -6,7 +6,8 @@ import pytest
 from server.averaging import average as combine
 from server.ensemble import Ensemble, fuse_members
 from server.manifest import read_manifest
-from tests.helpers.onnx_repo import numpy_member, write_version
+from testing.members import numpy_member
+from testing.repositories import write_version
 
 
 def test_combine_is_mean_population_std_and_argmax() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.onnx_repo import corrupt_manifest, write_version
-from tests.helpers.otlp_receiver import OTLPReceiver, otlp_receiver
-from tests.helpers.server_process import ServerProcess, running_server, wait_for
+from testing.otlp_receiver import OTLPReceiver, otlp_receiver
+from testing.repositories import corrupt_manifest, write_version
+from testing.server_process import ServerProcess, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 

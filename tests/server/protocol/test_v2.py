@@ -12,7 +12,7 @@ from server.inputs import model_input
 from server.protocol import v1, v2
 from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
 from server.protocol.v1 import parse_json_object
-from tests.helpers.onnx_repo import make_manifest
+from testing.repositories import make_manifest
 
 MANIFEST = make_manifest(labels=["a", "b", "c"])
 

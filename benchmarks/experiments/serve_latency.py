@@ -1,6 +1,6 @@
 """Single-row latency and throughput of a real server on 127.0.0.1 (V2 JSON), at concurrency 1 and 16.
 
-    .venv/bin/python benchmarks/serve_latency.py [--seconds 5] [--execution auto] [--client wrk|httpx]
+    python -m benchmarks serve-latency [--seconds 5] [--execution auto] [--client wrk|httpx]
 
 Builds a 5-member MLP repository (64 features -> 256 -> 128 -> 10 classes, like the digits model) in a
 temporary folder, starts ``python -m server`` on a free port, and drives it with ``wrk`` (pinned to the
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.helpers.onnx_repo import write_version  # noqa: E402
-from tests.server.conftest import ServerProcess  # noqa: E402
+from testing.repositories import digits_like_repository
+from testing.server_process import ServerProcess
 
 
 async def load(url: str, concurrency: int, seconds: float, max_requests: int) -> tuple[list[float], int]:
@@ -79,17 +75,17 @@ def wrk(url: str, concurrency: int, seconds: float, tmp: Path) -> str:
     return "\n".join(line for line in out.stdout.splitlines() if line.strip().startswith(keep))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--execution", default="auto")
     p.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_version(root, "digits", 1, n_features=64, width=10, hidden=[256, 128], members=5)
+        repo = digits_like_repository(root / "repo", hidden=[256, 128])
         env = {"ENSEMBLE_MEMBER_EXECUTION": args.execution, "ENSEMBLE_LOG_LEVEL": "warning"}
-        proc = ServerProcess(root, env, root / "server.log")
+        proc = ServerProcess(repo.root, env, root / "server.log")
         try:
             proc.wait_live()
             proc.wait_loaded()

@@ -15,8 +15,9 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.helpers.onnx_repo import numpy_member, write_version
-from tests.helpers.server_process import ServerProcess
+from testing.members import numpy_member
+from testing.repositories import write_version
+from testing.server_process import ServerProcess
 
 DRAIN_TIMEOUT_S = 15.0
 N_FEATURES = 16

@@ -15,7 +15,7 @@ from server.errors import BadRequest
 from server.inputs import model_input
 from server.protocol import v2
 from server.protocol.tensors import InferenceRequest
-from tests.helpers.onnx_repo import make_manifest
+from testing.repositories import make_manifest
 
 MANIFEST = make_manifest(labels=["a", "b", "c"])
 ROWS = np.array([[1.5, -2.0], [3.25, 4.0]], dtype=np.float32)

@@ -6,7 +6,7 @@ it), and reports requests/s and process CPU time per request (event loop and inf
 Profile it with ``--profile`` (cProfile, sorted by own time). The app is imported from PYTHONPATH, so
 pointing PYTHONPATH at another revision's tree measures that revision.
 
-    python -m benchmarks.asgi_load --repository REPO --model bench --protocol v2bin --rows 1 \\
+    python -m benchmarks asgi-load --repository REPO --model bench --protocol v2bin --rows 1 \\
         --concurrency 64 --requests 30000
 """
 
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="asgi-load-"))
     if args.repository is None:
-        from benchmarks.bench_model import build_repository
+        from testing.stand_ins import bench_version
 
         args.repository = work / "repository"
-        build_repository(args.repository)
+        bench_version(args.repository)
     versions = sorted(
         (p for p in (args.repository / args.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
     )

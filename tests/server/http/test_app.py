@@ -1,7 +1,6 @@
 """In-process checks of the app wiring (the real-process tests are in test_api.py)."""
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,11 +8,12 @@ from fastapi.testclient import TestClient
 from server.http.app import create_app
 from server.lifecycle import build_services
 from server.settings import Settings
+from testing.repositories import Repository
 
 
 @pytest.fixture
-def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(build_services(Settings(model_repository=repo, warmup_runs=0, max_batch_size=8)))
+def client(repo: Repository) -> Iterator[TestClient]:
+    app = create_app(build_services(Settings(model_repository=repo.root, warmup_runs=0, max_batch_size=8)))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server_process import ServerProcess, free_port
+from testing.repositories import Repository
+from testing.server_process import ServerProcess, free_port
 
 P99 = "histogram_quantile(0.99, sum by (le) (rate(ensemble_request_duration_seconds_bucket[30s])))"
 
@@ -36,11 +37,11 @@ def poll(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_prometheus_scrapes_and_computes_p99(repo: Path, tmp_path: Path) -> None:
+def test_prometheus_scrapes_and_computes_p99(repo: Repository, tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus)")
-    server = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "server.log")
+    server = ServerProcess(repo.root, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "server.log")
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

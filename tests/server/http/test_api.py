@@ -1,11 +1,11 @@
-"""Integration: a real server process on 127.0.0.1 serving the `repo` fixture (see conftest)."""
+"""Integration: a real server process on 127.0.0.1 serving the `repo` fixture (testing.fixtures)."""
 
 import socket
 
 import numpy as np
 import pytest
 
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -14,18 +14,19 @@ from fastapi.testclient import TestClient
 from server.http.app import create_app
 from server.lifecycle import build_services
 from server.settings import Settings
-from tests.helpers.server_process import ServerProcess
+from testing.repositories import Repository
+from testing.server_process import ServerProcess
 
 INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 PREDICT_PATH = "/v1/models/{name}:predict"
 
 
-def settings_for(repo: Path) -> Settings:
-    return Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0)
+def settings_for(repo: Repository) -> Settings:
+    return Settings(model_repository=repo.root, warmup_runs=0, repository_poll_interval_s=0)
 
 
 @pytest.fixture(scope="module")
-def client(repo: Path) -> Iterator[TestClient]:
+def client(repo: Repository) -> Iterator[TestClient]:
     app = create_app(build_services(settings_for(repo)))
     with TestClient(app) as c:
         yield c
@@ -71,10 +72,10 @@ def render(url: str, profile: Path) -> str:
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
-def test_docs_render_in_a_browser_without_network(repo: Path, tmp_path: Path) -> None:
+def test_docs_render_in_a_browser_without_network(repo: Repository, tmp_path: Path) -> None:
     if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    server = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "server.log")
+    server = ServerProcess(repo.root, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "server.log")
     try:
         server.wait_live()
         swagger = render(f"{server.url}/docs", tmp_path / "profile-docs")
@@ -88,7 +89,7 @@ def test_docs_render_in_a_browser_without_network(repo: Path, tmp_path: Path) ->
 
 
 def test_without_the_assets_package_docs_are_off_but_openapi_stays(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import server.http.docs
 

@@ -2,7 +2,7 @@
 
 Shaped like the default model (64 FP32 features in; probabilities and spread [B, 10] FP32 and label [B]
 INT64 out). Prints one markdown table of median microseconds per call. Run:
-``python benchmarks/protocol_bench.py [--batch 1 64 1024]``.
+``python -m benchmarks protocol [--batch 1 64 1024]``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def median_us(fn: Callable[[], object], seconds: float = 0.3) -> float:
     return statistics.median(times) * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 1024])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     print("| batch | format | parse request (us) | encode response (us) | request bytes | response bytes |")
     print("|---:|---|---:|---:|---:|---:|")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from server.http.endpoint import Endpoint
 from server.lifecycle import build_services
 from server.metrics import Metrics
 from server.settings import Settings
+from testing.repositories import Repository
 
 SETTINGS = {"warmup_runs": 0, "max_batch_size": 8, "max_body_bytes": 4000}
 
@@ -29,12 +29,12 @@ def loaded(client: TestClient) -> TestClient:
     return client
 
 
-def app_for(repo: Path, metrics: Metrics | None = None, **over: object) -> object:
-    return create_app(build_services(Settings(model_repository=repo, **{**SETTINGS, **over}), metrics))
+def app_for(repo: Repository, metrics: Metrics | None = None, **over: object) -> object:
+    return create_app(build_services(Settings(model_repository=repo.root, **{**SETTINGS, **over}), metrics))
 
 
 @pytest.fixture
-def client(repo: Path) -> Iterator[TestClient]:
+def client(repo: Repository) -> Iterator[TestClient]:
     with TestClient(app_for(repo), raise_server_exceptions=False) as c:
         yield loaded(c)
 
@@ -121,7 +121,7 @@ def test_match_reads_the_route_table() -> None:
         assert target("POST", other) is None, other
 
 
-def test_fast_path_counts_every_request(repo: Path) -> None:
+def test_fast_path_counts_every_request(repo: Repository) -> None:
     metrics = Metrics()
     app = app_for(repo, metrics)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -139,7 +139,7 @@ def test_fast_path_counts_every_request(repo: Path) -> None:
     assert r("ensemble_inferred_rows_total", {"model": "iris", "version": "2"}) == 2
 
 
-def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
+def test_with_cors_the_routes_answer_with_cors_headers(repo: Repository) -> None:
     app = app_for(repo, cors_origins=["http://ui.example"])
     with TestClient(app) as client:
         r = loaded(client).post(
@@ -148,7 +148,7 @@ def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
 
 
-def test_fastapi_holds_no_route_of_the_table(repo: Path) -> None:
+def test_fastapi_holds_no_route_of_the_table(repo: Repository) -> None:
     app = app_for(repo)
     assert not {getattr(r, "path", "") for r in app.router.routes} & {r.path for r in ROUTES}  # type: ignore[attr-defined]
     with TestClient(app) as client:

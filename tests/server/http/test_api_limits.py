@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers.onnx_repo import write_version
-from tests.helpers.server_process import ServerProcess
+from testing.repositories import write_version
+from testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
