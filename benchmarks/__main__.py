@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "benchmarks.gpu_bench",
         "CUDA / TensorRT execution providers against the CPU one (`make gpu-check`)",
     ),
+    "observability": (
+        "benchmarks.observability_bench",
+        "the request log's and tracing's cost per request (the hook alone, or whole apps in process)",
+    ),
     "asgi-load": ("benchmarks.experiments.asgi_load", "experiment: CPU per request of the app, no sockets"),
     "protocol": ("benchmarks.experiments.protocol_bench", "experiment: V2 JSON against binary codec costs"),
     "serve-latency": ("benchmarks.experiments.serve_latency", "experiment: single-row latency, V2 JSON"),

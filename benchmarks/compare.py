@@ -7,6 +7,9 @@ round-robin across them (order reversed on each repeat); medians are printed as 
 
     python -m benchmarks compare before=fb88fed fastpath=51ca385 final=HEAD \\
         [--cells v1:1:64,v2bin:1:64] [--seconds 3] [--repeats 3] [--json out.json]
+
+A variant may also differ by settings alone: ``--env NAME:VAR=VALUE`` (repeatable) sets an environment
+variable for that variant's server only, e.g. ``off=HEAD full=HEAD --env full:ENSEMBLE_REQUEST_LOG=full``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def parse_cells(text: str) -> list[tuple[str, int, int]]:
     return cells
 
 
+def parse_env(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    """``NAME:VAR=VALUE`` items -> {variant name: {VAR: VALUE}}; an unknown variant name is an error."""
+    env: dict[str, dict[str, str]] = {name: {} for name in names}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not sep or not eq or not var:
+            raise SystemExit(f"--env {item!r}: use NAME:VAR=VALUE")
+        if name not in env:
+            raise SystemExit(f"--env {item!r}: no variant named {name!r}")
+        env[name][var] = value
+    return env
+
+
 def table(variants: list[str], cells: list[tuple[str, int, int]], runs: list[dict[str, Any]]) -> str:
     """Median req/s (and p50/p99) per cell and variant, with each variant's req/s over the first's."""
     lines = [
@@ -89,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also save the raw runs here")
+    parser.add_argument("--env", action="append", default=[], help="NAME:VAR=VALUE for one variant's server")
     args = parser.parse_args(argv)
     if wrk_path() is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print("variants are NAME=GIT_REV", file=sys.stderr)
         return 2
     cells = parse_cells(args.cells)
+    env = parse_env(args.env, [name for name, _ in variants])
     work = Path(tempfile.mkdtemp(prefix="compare-"))
     services: dict[str, ServerProcess] = {}
     runs: list[dict[str, Any]] = []
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             extract(rev, tree)
             # The variant's tree first on PYTHONPATH (and as the working folder): its `server` is the one run.
             service = ServerProcess(
-                work / "repository", {}, work / f"{name}.log",
+                work / "repository", env[name], work / f"{name}.log",
                 args=["--host", HOST, "--log-level", "warning"], pythonpath=tree, name=name,
             )  # fmt: skip
             services[name] = service
@@ -153,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     names = [name for name, _ in variants]
     print()
-    revisions = ", ".join(f"{n} = {r}" for n, r in variants)
+    revisions = ", ".join(f"{n} = {r}" + "".join(f" {k}={v}" for k, v in env[n].items()) for n, r in variants)
     print(f"Revisions: {revisions}; {args.repeats} x {args.seconds:g} s per cell.")
     print()
     print(table(names, cells, runs))
     if args.json:
-        args.json.write_text(json.dumps({"variants": dict(variants), "runs": runs}, indent=1) + "\n")
+        saved = {"variants": dict(variants), "env": env, "runs": runs}
+        args.json.write_text(json.dumps(saved, indent=1) + "\n")
     return 0
 
 

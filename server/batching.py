@@ -16,11 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.errors import BadRequest, QueueFull, Timeout, Unavailable
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.observability import BatchTiming
 
 Outputs = dict[str, np.ndarray]
 InferFn = Callable[[np.ndarray], Outputs]
@@ -29,12 +33,23 @@ InferFn = Callable[[np.ndarray], Outputs]
 class _Item:
     """One queued request (a slotted class: made once per request on the hot path)."""
 
-    __slots__ = ("enqueued", "future", "taken", "x")
+    __slots__ = ("enqueued", "future", "taken", "timing", "x")
 
-    def __init__(self, x: np.ndarray, future: asyncio.Future[Outputs]) -> None:
-        self.x, self.future = x, future
+    def __init__(
+        self, x: np.ndarray, future: asyncio.Future[Outputs], timing: BatchTiming | None = None
+    ) -> None:
+        self.x, self.future, self.timing = x, future, timing
         self.enqueued = time.perf_counter()
         self.taken = False
+
+
+def _note_timing(batch: list[_Item], start: float, rows: int) -> None:
+    """Tell each request that asked (server.observability: its log line, its spans) when its batch ran."""
+    finished, requests = time.perf_counter(), len(batch)
+    for item in batch:
+        if (t := item.timing) is not None:
+            t.enqueued, t.started, t.finished = item.enqueued, start, finished
+            t.rows, t.requests = rows, requests
 
 
 def _expire(future: asyncio.Future[Outputs]) -> None:
@@ -88,8 +103,9 @@ class Batcher:
         freeze_loaded_objects()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, x: np.ndarray, deadline: float) -> Outputs:
-        """Queue `x` and wait for exactly its rows' outputs; `deadline` is a ``time.perf_counter()`` value."""
+    async def submit(self, x: np.ndarray, deadline: float, timing: BatchTiming | None = None) -> Outputs:
+        """Queue `x` and wait for exactly its rows' outputs; `deadline` is a ``time.perf_counter()`` value.
+        `timing`, when given, is filled once the batch has run (server.observability)."""
         rows = len(x)
         if self._closed:
             raise Unavailable("The model is being unloaded; retry shortly.", retry_after_s=1)
@@ -99,7 +115,7 @@ class Batcher:
         if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
             raise QueueFull(f"The queue is full ({self._queued_rows} rows waiting); retry shortly.")
         loop = asyncio.get_running_loop()
-        item = _Item(x, loop.create_future())
+        item = _Item(x, loop.create_future(), timing)
         self._queue.append(item)
         self._set_depth(rows)
         self._wakeup.set()
@@ -188,6 +204,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            _note_timing(batch, start, rows)  # before any caller resumes: set_result only schedules it
         if self.metrics and self._m is not None:
             m, lab = self._m, self.labels
             compute_s = time.perf_counter() - start

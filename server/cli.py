@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import socket
 import sys
@@ -39,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member-execution", choices=["auto", "sequential", "fused", "parallel"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--log-format", choices=["text", "json"], help="the server's logs on stderr (default text)"
+    )
+    p.add_argument(
+        "--request-log", choices=["off", "sampled", "full"], help="one JSON line per request on stdout"
+    )
+    p.add_argument(
         "--repository-poll-interval-s", type=float, help="seconds between repository scans; 0: no hot reload"
     )
     p.add_argument("--drain-timeout-s", type=float, help="time the accepted requests get after SIGTERM")
@@ -65,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from server.observability import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
     # ---- worker processes (server.workers): a parent supervises N full servers on one socket
     from server.workers import resolve_workers, run_workers
 
@@ -100,6 +105,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the root one: the same format (setup_logging)
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         # Header deadline, header limits and the connection cap (server.http.connections).

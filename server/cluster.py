@@ -211,10 +211,9 @@ def worker_main(
     # once (a second signal would cut the drain short).
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
-    )
+    from server.observability import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format, worker=index)
     from server.cli import serve
 
     sys.exit(serve(settings, sockets=[sock], cluster=WorkerLink(index, conn, ready, unloaded, replacement)))

@@ -36,6 +36,7 @@ from server.errors import BadRequest, Forbidden, NotFound, ServerError, Unauthor
 from server.inputs import read_rows
 from server.manifest import NAME_RE, Manifest
 from server.metrics import Metrics
+from server.observability import BatchTiming, Observer, RequestContext
 from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
 from server.repository import ModelRegistry
 from server.served import ServedVersion
@@ -65,11 +66,18 @@ class DataPlane:
     """Inference, metadata, configuration, statistics, readiness and repository operations."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, metrics: Metrics, cluster: WorkerLink | None = None
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        cluster: WorkerLink | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
         # A worker of `--workers N`: readiness and repository operations span every worker (server.cluster).
         self.cluster = cluster
+        # server.observability: the request log and traces; None (and no cost) when both are off.
+        self.observer = observer
         # Extensions really implemented; model_repository only when its (token-guarded) operations are on.
         self.extensions: list[str] = ["binary_tensor_data", "model_configuration", "statistics"]
         if settings.admin_token:
@@ -103,9 +111,15 @@ class DataPlane:
 
     # ------------------------------------------------------------------------------------ inference
     async def infer(
-        self, request: InferenceRequest, *, protocol: Protocol, deadline: float | None = None
+        self,
+        request: InferenceRequest,
+        *,
+        protocol: Protocol,
+        deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> InferenceResponse:
-        """Run a decoded request (`deadline`: a ``time.perf_counter()`` value; None: the request timeout)."""
+        """Run a decoded request (`deadline`: a ``time.perf_counter()`` value; None: the request timeout).
+        `context`: the transport's request id, traceparent and peer, for the request log and traces."""
 
         async def given(manifest: Manifest, timeout_s: float) -> InferenceRequest:
             return request
@@ -117,6 +131,7 @@ class DataPlane:
             _as_response,
             protocol=protocol,
             deadline=deadline,
+            context=context,
         )
 
     async def infer_with(
@@ -128,13 +143,27 @@ class DataPlane:
         *,
         protocol: Protocol,
         deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> T:
         """Look the version up, ``decode`` the request (given the time left), run it, ``encode`` the answer;
-        records the request's metrics and statistics whatever happens."""
+        records the request's metrics and statistics whatever happens (and, with an observer, its log line
+        and spans; `context` is what the transport knows of the request: see server.observability)."""
         start = time.perf_counter()
         if deadline is None:
             deadline = start + self.settings.request_timeout_s
-        sv = self.lookup(name, version)
+        observer = self.observer
+        # ---- observability: a request for a model that is not served is logged too
+        try:
+            sv = self.lookup(name, version)
+        except ServerError as exc:
+            if observer is not None:
+                observer.finish(context, protocol=protocol, model=name, version=version or None,
+                                status=exc.status_code, start=start, error=exc.message)  # fmt: skip
+            raise
+        timing = BatchTiming() if observer is not None else None
+        request: InferenceRequest | None = None
+        x, error = None, None  # the rows, and what went wrong: for the observer
+        # ---- end of observability
         sv.enter()  # no await since the lookup: a hot-reload swap waits for this before retiring sv
         m = sv.metrics
         assert m is not None and sv.batcher is not None  # started before it was published
@@ -145,7 +174,7 @@ class DataPlane:
             request = await decode(manifest, max(0.0, deadline - time.perf_counter()))
             x = read_rows(request, manifest, self.settings.allow_nonfinite, m)
             names = request.output_names([o.name for o in manifest.outputs])
-            results = await sv.batcher.submit(x, deadline)
+            results = await sv.batcher.submit(x, deadline, timing)
             outputs = []
             for out in names:
                 array = results[out]
@@ -153,10 +182,10 @@ class DataPlane:
             response = InferenceResponse(sv.name, str(sv.version), request.id, tuple(outputs))
             return encode(manifest, request, response)
         except ServerError as exc:
-            outcome = str(exc.status_code)
+            outcome, error = str(exc.status_code), exc.message
             raise
-        except Exception:
-            outcome = "500"
+        except Exception as exc:
+            outcome, error = "500", f"internal error ({type(exc).__name__})"
             raise
         finally:
             sv.leave()
@@ -165,6 +194,12 @@ class DataPlane:
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)
             self.metrics.stats.record_request(sv.name, str(sv.version), outcome == "ok", elapsed)
+            if observer is not None:  # ---- observability: one log line and the spans of this request
+                observer.finish(context, protocol=protocol, model=sv.name, version=str(sv.version),
+                                request_id=request.id if request is not None else None,
+                                status=200 if outcome == "ok" else int(outcome),
+                                rows=len(x) if x is not None else None, start=start, batch=timing,
+                                error=error)  # fmt: skip
 
     # ------------------------------------------------------------------------------------ health
     def server_live(self) -> bool:
@@ -181,7 +216,10 @@ class DataPlane:
             if self.cluster is not None and not self.cluster.all_ready():
                 return {"ready": False, "loading": False, "models": {}, **self.cluster.readiness()}
             return {"ready": True}
-        not_ready = {n: s.reason or s.state for n, s in registry.status.items() if s.state != "ready"}
+        # The models that keep it from being ready (as is_ready counts them: unloaded on purpose is not one).
+        not_ready = {
+            n: s.reason or s.state for n, s in registry.status.items() if s.state not in ("ready", "unloaded")
+        }
         return {"ready": False, "loading": not registry.loaded_once, "models": not_ready}
 
     def model_ready(self, name: str, version: str | None) -> bool:

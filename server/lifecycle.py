@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from server.dataplane import DataPlane
 from server.grpc.service import create_grpc_server
 from server.metrics import Metrics
+from server.observability import build_observer
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
 from server.settings import Settings
@@ -74,7 +75,9 @@ def build_services(
     """The services for `settings` (nothing loaded or started yet: see :func:`running`)."""
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
-    dataplane = DataPlane(settings, registry, metrics, cluster)
+    # Per process (each worker builds its own services): the span exporter's thread must start after a fork.
+    observer = build_observer(settings.request_log, settings.request_log_sample_rate)
+    dataplane = DataPlane(settings, registry, metrics, cluster, observer)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
     return Services(settings, metrics, registry, dataplane, drain, poller, cluster)
@@ -113,3 +116,5 @@ async def running(services: Services) -> AsyncIterator[Services]:
             await background
         # After a drain every request is answered; otherwise (no signal) the usual request timeout applies.
         await services.registry.close(services.drain.remaining(services.settings.request_timeout_s))
+        if services.dataplane.observer is not None:  # the last log lines, the spans still buffered
+            services.dataplane.observer.close()

@@ -163,6 +163,19 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and uvicorn."""
 
+    # ---- observability (server/observability.py; tracing is configured by the standard OTEL_* variables)
+    log_format: Literal["text", "json"] = "text"
+    """The server's own logs on stderr: ``text`` lines, or one JSON object per line for log collectors."""
+
+    request_log: Literal["off", "sampled", "full"] = "off"
+    """One JSON line per inference request on stdout (ids, model, status, rows, times; never the payload):
+    ``full`` every request, ``sampled`` a ``request_log_sample_rate`` share of the successful ones and every
+    failed one."""
+
+    request_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of the successful requests that ``request_log=sampled`` writes (failures are always written)."""
+    # ---- end of observability
+
     admin_token: str | None = None
     """Bearer token for the repository admin endpoints; unset: those endpoints answer 404."""
 

@@ -4,8 +4,8 @@ Steps, each timed: (1) a Debian bookworm base image made locally with mmdebstrap
 here; the tarball is cached under .cache/image and imported once per storage), (2) `podman build` of the
 Dockerfile with the CPU onnxruntime, (3) a container on a read-only root filesystem serving a tiny
 ensemble read-only from /models: readiness, one V2 infer and one V1 predict checked against numpy,
-/metrics, the HEALTHCHECK command, the server not running as root, and a clean drain on `podman stop`
-(exit code 0).
+/metrics, the HEALTHCHECK command, the OpenTelemetry packages, the server not running as root, and a
+clean drain on `podman stop` (exit code 0).
 
 Podman runs as root inside a sandbox with no systemd: cgroupfs, file events, runc, and a private storage
 (overlay, else vfs) under .cache/image, set through CONTAINERS_CONF / CONTAINERS_STORAGE_CONF so that the
@@ -45,6 +45,11 @@ READY_TIMEOUT_S = float(os.environ.get("ENSEMBLE_IMAGE_TEST_READY_TIMEOUT_S", "1
 STOP_TIMEOUT_S = 30
 PROBE_INSIDE = (
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=3)"
+)
+
+OTEL_INSIDE = (
+    "from opentelemetry.sdk.trace import TracerProvider; "
+    "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter"
 )
 
 
@@ -308,6 +313,11 @@ def serve_and_check(env: dict[str, str], repo: Repository) -> dict[str, float]:
         if health.returncode != 0:
             raise StepFailed(f"the image's HEALTHCHECK failed: {(health.stdout + health.stderr).strip()}")
         log("HEALTHCHECK command: healthy")
+        # Tracing needs nothing but OTEL_EXPORTER_OTLP_ENDPOINT: the SDK and the exporter are in the image.
+        otel = run(["podman", "exec", container, "python3", "-c", OTEL_INSIDE], env, check=False, quiet=True)
+        if otel.returncode != 0:
+            raise StepFailed(f"the image lacks the OpenTelemetry SDK or exporter: {otel.stderr[-300:]}")
+        log("OpenTelemetry SDK and OTLP/HTTP exporter importable")
         uid = process_uid(container, env)
         if uid == 0:
             raise StepFailed("the server runs as root inside the container")
