@@ -27,6 +27,7 @@ from server.grpc import codec
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.generated import model_config_pb2
+from server.observability import RequestContext, grpc_context
 from server.protocol.tensors import InferenceRequest
 
 if TYPE_CHECKING:
@@ -106,7 +107,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         return None if remaining is None else time.perf_counter() + max(0.0, remaining)
 
-    async def _infer(self, msg: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    @staticmethod
+    def _context(context: grpc.aio.ServicerContext) -> RequestContext:
+        """x-request-id, traceparent and the peer, for the request log and traces (server.observability)."""
+        return grpc_context(context.invocation_metadata(), context.peer())
+
+    async def _infer(
+        self, msg: pb.ModelInferRequest, deadline: float | None, observed: RequestContext | None = None
+    ) -> pb.ModelInferResponse:
         self._admit()
 
         # Decoded and encoded inside the data plane's recorded region, so a malformed message counts
@@ -119,7 +127,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         with self._in_flight():
             return await self.dataplane.infer_with(
-                msg.model_name, msg.model_version or None, decode, encode, protocol="grpc", deadline=deadline
+                msg.model_name,
+                msg.model_version or None,
+                decode,
+                encode,
+                protocol="grpc",
+                deadline=deadline,
+                context=observed,
             )
 
     # ------------------------------------------------------------------------------------------ health
@@ -172,7 +186,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     # --------------------------------------------------------------------------------------- inference
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._call(context, lambda: self._infer(request, self._deadline(context)))
+        return await self._call(
+            context, lambda: self._infer(request, self._deadline(context), self._context(context))
+        )
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -185,7 +201,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message=_malformed("ModelInferRequest"))
                 continue
             try:
-                answer = await self._infer(msg, deadline)
+                answer = await self._infer(msg, deadline, self._context(context))
             except ServerError as exc:
                 echo = pb.ModelInferResponse(
                     model_name=msg.model_name, model_version=msg.model_version, id=msg.id

@@ -50,7 +50,15 @@ class FakeDataPlane:
         return InferenceResponse(request.model_name, "1", request.id, (out,))
 
     async def infer_with(
-        self, name: str, version: str | None, decode: Any, encode: Any, *, protocol: str, deadline: Any = None
+        self,
+        name: str,
+        version: str | None,
+        decode: Any,
+        encode: Any,
+        *,
+        protocol: str,
+        deadline: Any = None,
+        context: Any = None,  # server.observability.RequestContext: the fake logs nothing
     ) -> Any:
         """As DataPlane.infer_with: decode, run, encode (the real one also looks the model up first)."""
         request = await decode(None, 1.0)
