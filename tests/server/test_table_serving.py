@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from server.manifest import Manifest, read_manifest
-from tests.helpers.server_process import ServerProcess, running_server
+from testing.server_process import ServerProcess, running_server
 from tests.training.tables import penguin_like, write_csv
 from training.cli import main as train
 
@@ -335,7 +335,7 @@ def test_tritonclient_http_sends_bytes_and_fp32(
 
 def test_server_serves_matrix_models_records_by_feature_name(tmp_path: Path) -> None:
     """A matrix model that names its features takes records too (a numeric-only table's model)."""
-    from tests.helpers.onnx_repo import write_version
+    from testing.repositories import write_version
 
     write_version(tmp_path, "iris", 1, members=2, seed=1)
     path = tmp_path / "iris" / "1" / "manifest.json"
