@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers.server_process import ServerProcess, wait_for
-from tests.reliability.conftest import Repo, start, v2_body
+from testing.repositories import Repository
+from testing.requests import v2_body
+from testing.server_process import ServerProcess, started_server, wait_for
 from tests.reliability.rawhttp import parse_response
 from tests.reliability.record import record
 
@@ -64,7 +65,7 @@ def rss_kib(proc: ServerProcess) -> int:
     raise AssertionError("no VmRSS")
 
 
-def serve(repo: Repo, tmp: Path, env: dict[str, str], open_files: int | None = None) -> ServerProcess:
+def serve(repo: Repository, tmp: Path, env: dict[str, str], open_files: int | None = None) -> ServerProcess:
     """A server of the good model only (so that it is ready), short header and idle timeouts."""
     root = tmp / "repo"
     shutil.copytree(repo.root / "iris", root / "iris")
@@ -75,18 +76,18 @@ def serve(repo: Repo, tmp: Path, env: dict[str, str], open_files: int | None = N
         **env,
     }
     with open_file_limit(open_files) if open_files else contextlib.nullcontext():
-        return start(root, env, tmp / "server.log")
+        return started_server(root, {"ENSEMBLE_WARMUP_RUNS": "1", **env}, tmp / "server.log")
 
 
 @pytest.fixture(scope="module")
-def limited(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def limited(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The image's open-file limit, the automatic connection cap (896), short header and idle timeouts."""
     proc = serve(repo, tmp_path_factory.mktemp("limited"), {}, open_files=IMAGE_OPEN_FILES)
     yield proc
     proc.stop()
 
 
-def assert_ready_and_correct(proc: ServerProcess, repo: Repo) -> float:
+def assert_ready_and_correct(proc: ServerProcess, repo: Repository) -> float:
     """A fresh client: readiness within 1 s, and an exact V2 answer. Returns the readiness latency."""
     with httpx.Client(base_url=proc.url, timeout=5) as fresh:
         t = time.monotonic()
@@ -96,7 +97,7 @@ def assert_ready_and_correct(proc: ServerProcess, repo: Repo) -> float:
         r = fresh.post("/v2/models/iris/infer", json=v2_body(ROW))
     assert r.status_code == 200, r.text
     got = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")["data"]
-    np.testing.assert_allclose(got, repo.probabilities(np.array(ROW)).ravel(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, repo.expected(np.array(ROW)).ravel(), rtol=1e-5, atol=1e-6)
     return latency
 
 
@@ -161,7 +162,7 @@ class SlowHeaderClient(threading.Thread):
 
 
 @pytest.mark.slow
-def test_slow_headers_under_the_image_open_file_limit(limited: ServerProcess, repo: Repo) -> None:
+def test_slow_headers_under_the_image_open_file_limit(limited: ServerProcess, repo: Repository) -> None:
     raise_own_limit(4096)
     before = fds(limited)
     slow = SlowHeaderClient(limited.port, n=1100, max_opens=10_000)
@@ -247,7 +248,7 @@ def test_half_closed_socket_gets_its_answer(limited: ServerProcess) -> None:
            "200 then close; closed, nothing sent")  # fmt: skip
 
 
-def test_reset_mid_body_leaves_nothing_behind(limited: ServerProcess, repo: Repo) -> None:
+def test_reset_mid_body_leaves_nothing_behind(limited: ServerProcess, repo: Repository) -> None:
     before = fds(limited)
     for _ in range(50):
         s = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
@@ -274,7 +275,7 @@ def test_pipelined_requests_are_answered_in_order(limited: ServerProcess) -> Non
 
 # ---------------------------------------------------------------- the connection cap
 @pytest.fixture(scope="module")
-def capped(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def capped(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A cap of 24 connections, the top 8 kept for probes, metrics and admin."""
     env = {"ENSEMBLE_MAX_CONNECTIONS": "24", "ENSEMBLE_RESERVED_CONNECTIONS": "8",
            "ENSEMBLE_REQUEST_TIMEOUT_S": "20"}  # fmt: skip
@@ -353,7 +354,7 @@ def test_beyond_the_cap_a_fast_503_not_a_reset(capped: ServerProcess) -> None:
 
 # ---------------------------------------------------------------- idle keep-alive
 @pytest.fixture(scope="module")
-def wide(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def wide(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """An open-file limit of 8192 (cap 7168), so that thousands of connections fit."""
     raise_own_limit(8192)
     proc = serve(repo, tmp_path_factory.mktemp("wide"), {}, open_files=8192)
