@@ -109,7 +109,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         # Header deadline, header limits and the connection cap (server.http.connections).
-        http=protocol_class(limits_from_settings(settings)),
+        http=protocol_class(limits_from_settings(settings), services.metrics.connections),
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.

@@ -98,6 +98,15 @@ class Metrics:
         self.load_failures = Counter(
             "ensemble_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
         )
+        # What the HTTP connection limits did (server.http.connections), per process and summed over workers.
+        self.connections_refused = Counter(
+            "ensemble_connections_refused",
+            "HTTP connections refused or closed by the connection limits, by reason.", ["reason"], registry=r,
+        )  # fmt: skip
+        self.open_connections = Gauge(
+            "ensemble_open_connections", "HTTP connections open now.", registry=r, multiprocess_mode="livesum"
+        )
+        self.connections = ConnectionMetrics(self)
 
         # Triton's statistics extension (exact nanosecond sums), fed by the same call sites.
         self.stats = Statistics(self.multiprocess_dir)
@@ -127,6 +136,38 @@ class Metrics:
     def render(self) -> bytes:
         self.flush()
         return generate_latest(self._scraped)
+
+
+# The reasons of ensemble_connections_refused_total (server.http.connections notes them by these names).
+CONNECTION_REFUSALS = (
+    "header_timeout",  # headers not complete within header_timeout_s: 408 and close
+    "headers_too_large",  # 431: the header bytes beyond max_header_bytes
+    "too_many_headers",  # 431: more than max_headers
+    "header_line_too_long",  # 431: a header line beyond max_header_line_bytes
+    "request_line_too_long",  # 414
+    "evicted",  # above the soft limit, the connection waiting longest for headers was closed for a new one
+    "over_soft_limit",  # an ordinary request above the soft limit: 503 and close
+    "over_cap",  # a new connection beyond max_connections: 503 at once
+)
+
+
+class ConnectionMetrics:
+    """The connection counters with their children bound once: the connection callbacks pay one method
+    call and an integer update. Every reason's series exists from the start (at 0), so a rate over it is
+    defined before the first refusal. Called on the event loop only (see server.metric_files)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._refused = {reason: metrics.connections_refused.labels(reason) for reason in CONNECTION_REFUSALS}
+        self._open = metrics.open_connections
+
+    def refused(self, reason: str) -> None:
+        self._refused[reason].inc()
+
+    def opened(self) -> None:
+        self._open.inc()
+
+    def closed(self) -> None:
+        self._open.dec()
 
 
 class ModelMetrics:

@@ -1,5 +1,5 @@
 """The pytest fixtures every suite shares (registered by tests/conftest.py): the server suite's model
-repository and one server process over it.
+repository and one server process over it, and the table repository (trained once per session).
 
 A suite that needs other models or settings overrides `repo` or `server` in its own conftest with the
 builders of `testing.repositories` and the launcher of `testing.server_process`, so every `repo` is a
@@ -9,11 +9,13 @@ builders of `testing.repositories` and the launcher of `testing.server_process`,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from testing.repositories import Repository, serving_repository
 from testing.server_process import ServerProcess, running_server
+from testing.tables import table_repository
 
 ADMIN_TOKEN = "s3cret"
 MAX_BODY_BYTES = 100_000
@@ -35,3 +37,10 @@ def server(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     with running_server(repo.root, env, tmp_path_factory.mktemp("log") / "server.log") as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def table_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`generated` and `penguins`, tiny table models trained by the CLI (testing.tables), once a session:
+    the HTTP and gRPC table tests serve the same models."""
+    return table_repository(tmp_path_factory.mktemp("tables"))

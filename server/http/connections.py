@@ -29,11 +29,14 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from server.metrics import ConnectionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,17 @@ LOG_EVERY_S = 10.0
 # The automatic cap stops here; raise it on purpose (or add workers): one Python event loop serving more
 # connections than this spends its time on bookkeeping, and each one holds some memory (docs/operations.md).
 MAX_AUTO_CONNECTIONS = 16384
+# What each reason (the `reason` label of ensemble_connections_refused_total) reads as in the log summary.
+REASON_TEXT = {
+    "header_timeout": "timed out waiting for headers",
+    "headers_too_large": "refused: headers too large",
+    "too_many_headers": "refused: too many headers",
+    "header_line_too_long": "refused: header line too long",
+    "request_line_too_long": "refused: request line too long",
+    "evicted": "evicted while waiting for headers",
+    "over_soft_limit": "ordinary requests refused above the soft limit",
+    "over_cap": "refused at the connection cap",
+}
 
 
 def connection_cap(open_files: int) -> int:
@@ -135,8 +149,9 @@ class ConnectionPool:
     looks at every connection (about a millisecond for 10,000); eviction takes the oldest from a list
     sorted when it is needed and dropped at each sweep."""
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, metrics: ConnectionMetrics | None = None) -> None:
         self.limits = limits
+        self.metrics = metrics  # None in a pool without a metrics registry (some tests)
         self.interval = min(1.0, limits.header_timeout_s / 4)
         # Loop time of the last sweep: the stamp of every wait that begins before the next one (so a wait
         # stamped `since` began in [since, since + interval]).
@@ -148,15 +163,18 @@ class ConnectionPool:
         self._logged = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def note(self, event: str) -> None:
-        self.counts[event] = self.counts.get(event, 0) + 1
+    def note(self, reason: str) -> None:
+        """Count a refusal (one of server.metrics.CONNECTION_REFUSALS) for the metric and the log summary."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.refused(reason)
 
     def _log_counts(self) -> None:
         now = time.monotonic()
         if now - self._logged < LOG_EVERY_S:
             return
         if self.counts:
-            summary = ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
+            summary = ", ".join(f"{n} {REASON_TEXT[reason]}" for reason, n in sorted(self.counts.items()))
             log.warning("connection limits in the last %.0fs: %s", now - self._logged, summary)
         self.counts, self._logged = {}, now
 
@@ -231,18 +249,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         pool = self.pool
+        if pool.metrics is not None:
+            pool.metrics.opened()  # closed() in connection_lost, which asyncio calls once for each
         pool.ensure_sweeping(self.loop, self.connections)
         pool.serial = self.serial = pool.serial + 1
         if len(self.connections) > self.soft_limit and pool.evict_oldest():
-            pool.note("evicted while waiting for headers")
+            pool.note("evicted")
         if len(self.connections) > pool.limits.max_connections:
-            pool.note("refused at the connection cap")
+            pool.note("over_cap")
             self.refuse(503, "The server is at its connection limit; retry shortly or elsewhere.")
             return
         self.wait_since = pool.now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.wait_since = None
+        if self.pool.metrics is not None:
+            self.pool.metrics.closed()
         # uvicorn cancels the keep-alive timer only for a clean close; its handle would keep this
         # connection's objects alive for up to keep_alive_timeout_s after the client went.
         self._unset_keepalive_if_required()
@@ -286,7 +308,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # began is not counted (the new request's share of it is unknown; at most one read).
             self.header_bytes = 0 if self.completed_in_chunk else self.header_bytes + len(data)
             if self.header_bytes > 2 * self.max_header_bytes:
-                self.pool.note("refused: headers too large")
+                self.pool.note("headers_too_large")
                 self.refuse(431, f"The request headers exceed {self.max_header_bytes} bytes.")
 
     def send_400_response(self, msg: str) -> None:
@@ -308,7 +330,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > self.max_line:
-            self.pool.note("refused: request line too long")
+            self.pool.note("request_line_too_long")
             self.refusal = (414, f"The request line exceeds {self.max_line} bytes.")
             raise ValueError(self.refusal[1])  # stops the parser; data_received answers
 
@@ -325,14 +347,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if len(self.url) + self.header_content > self.max_header_bytes:
-            self.pool.note("refused: headers too large")
+            self.pool.note("headers_too_large")
             self.refusal = (431, f"The request headers exceed {self.max_header_bytes} bytes.")
             raise ValueError(self.refusal[1])
         self.wait_since = None
         self.partial = self.in_headers = False
         self.header_bytes = 0
         if len(self.connections) > self.soft_limit and not is_priority(httptools.parse_url(self.url).path):
-            self.pool.note("ordinary requests refused above the soft limit")
+            self.pool.note("over_soft_limit")
             self.app = over_capacity  # read once by the call below
         try:
             HttpToolsProtocol.on_headers_complete(self)
@@ -357,10 +379,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # ---------------------------------------------------------------- refusals
     def refuse_headers(self, size: int) -> None:
         if len(self.headers) >= self.max_headers:
-            self.pool.note("refused: too many headers")
+            self.pool.note("too_many_headers")
             self.refusal = (431, f"The request has more than {self.max_headers} headers.")
         else:
-            self.pool.note("refused: header line too long")
+            self.pool.note("header_line_too_long")
             self.refusal = (431, f"A request header line exceeds {self.max_line} bytes.")
         raise ValueError(self.refusal[1])  # stops the parser; data_received answers
 
@@ -374,7 +396,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.partial:
-            self.pool.note("timed out waiting for headers")
+            self.pool.note("header_timeout")
             message = f"The request headers did not arrive within {self.pool.limits.header_timeout_s:.3g} s."
             self.transport.write(error_response(408, message, self.server_state.default_headers))
         # All that the client sent has been read, so closing now is a clean close (no reset to fear).
@@ -407,10 +429,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def protocol_class(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
-    """The protocol class to give uvicorn (``uvicorn.Config(http=...)``), with its own per-process pool."""
+def protocol_class(
+    limits: ConnectionLimits, metrics: ConnectionMetrics | None = None
+) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class to give uvicorn (``uvicorn.Config(http=...)``), with its own per-process pool;
+    `metrics` (the app's ``Metrics.connections``) counts refusals and open connections."""
     attributes = {
-        "pool": ConnectionPool(limits),
+        "pool": ConnectionPool(limits, metrics),
         "max_line": limits.max_header_line_bytes,
         "max_headers": limits.max_headers,
         "max_header_bytes": limits.max_header_bytes,

@@ -20,39 +20,12 @@ import pytest
 
 from server.manifest import Manifest, read_manifest
 from testing.server_process import ServerProcess, running_server
-from tests.training.tables import penguin_like, write_csv
-from training.cli import main as train
+from testing.tables import TABLE_MODEL, penguin_like
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "penguins_like.csv"
-MODEL = "generated"
+MODEL = TABLE_MODEL
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def table_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Trained once, tiny (2 members, 3 epochs: what is tested is the serving, not the fit): `generated`
-    from tests/training/tables.py (a column name that is not a tensor name), `penguins` from the README's
-    examples/penguins_like.csv."""
-    root = tmp_path_factory.mktemp("tables")
-    tiny = [
-        "--target",
-        "species",
-        "--ignore",
-        "id",
-        "--members",
-        "2",
-        "--epochs",
-        "3",
-        "--width",
-        "16",
-        "--quiet",
-    ]
-    for name, csv in [(MODEL, write_csv(root, penguin_like(n=200))), ("penguins", str(EXAMPLE))]:
-        argv = ["ensemble", "--data", csv, *tiny, "--repository", str(root / "repo"), "--name", name]
-        assert train(argv) == 0
-    return root / "repo"
 
 
 @pytest.fixture(scope="module")

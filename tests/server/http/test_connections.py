@@ -26,8 +26,9 @@ from server.http.connections import (
     limits_from_settings,
     protocol_class,
 )
+from server.metrics import CONNECTION_REFUSALS, Metrics
 from server.settings import Settings
-from testing.server_process import free_port
+from testing.server_process import free_port, wait_for
 from tests.reliability.rawhttp import parse_response
 
 LIMITS = ConnectionLimits(
@@ -84,12 +85,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 POOLS: dict[int, ConnectionPool] = {}  # port -> the pool of the server listening there
+METRICS: dict[int, Metrics] = {}  # port -> the metrics that server's pool counts in
 
 
 @contextlib.contextmanager
 def serving(limits: ConnectionLimits) -> Iterator[int]:
     port = free_port()
-    cls = protocol_class(limits)
+    METRICS[port] = metrics = Metrics()
+    cls = protocol_class(limits, metrics.connections)
     POOLS[port] = cls.pool
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=cls, lifespan="off",
                             log_level="warning", timeout_keep_alive=5)  # fmt: skip
@@ -140,6 +143,19 @@ def get(path: bytes, extra: bytes = b"", close: bool = True) -> bytes:
     )
 
 
+def refusals(port: int) -> dict[str, float]:
+    """ensemble_connections_refused_total of the server on `port`, by reason (every reason: 0 or more)."""
+    registry = METRICS[port].registry
+    return {
+        r: registry.get_sample_value("ensemble_connections_refused_total", {"reason": r})
+        for r in CONNECTION_REFUSALS
+    }
+
+
+def open_connections(port: int) -> float | None:
+    return METRICS[port].registry.get_sample_value("ensemble_open_connections")
+
+
 def test_size_limits(port: int) -> None:
     cases = [
         (get(b"/" + b"a" * 2000), 414),
@@ -158,6 +174,9 @@ def test_size_limits(port: int) -> None:
     with connect(port) as s:  # at the limits: served
         s.sendall(get(b"/", b"X-A: 1\r\n" * 8))
         assert parse_response(read_all(s)).status == 200
+    counts = {r: n for r, n in refusals(port).items() if n}
+    assert counts == {"request_line_too_long": 1, "header_line_too_long": 1, "too_many_headers": 1,
+                      "headers_too_large": 1}  # fmt: skip
 
 
 def test_pipelined_body_is_not_counted_as_headers(port: int) -> None:
@@ -178,6 +197,7 @@ def test_header_deadline(port: int) -> None:
         took = time.monotonic() - t
     assert r.status == 408 and r.headers["connection"] == "close"
     assert 0.3 < took < 1.5
+    assert refusals(port)["header_timeout"] == 1  # the slow one; the silent one asked nothing
     # A kept-alive connection: its deadline runs from the next request's first byte, not from its answer.
     with connect(port) as s:
         s.sendall(get(b"/", close=False))
@@ -221,9 +241,26 @@ def test_cap_evicts_the_oldest_waiting_then_refuses(cap_port: int) -> None:
         with connect(port) as s:  # the 9th: beyond the cap, answered at once, before it sends anything
             r = parse_response(s.recv(65536))
         assert r.status == 503 and r.headers["connection"] == "close"
+        counts = refusals(port)
+        assert (counts["evicted"], counts["over_soft_limit"], counts["over_cap"]) == (1, 1, 1)
     finally:
         for s in busy:
             s.close()
+
+
+def test_open_connections_gauge_follows_the_connections(port: int) -> None:
+    assert open_connections(port) == 0
+    sockets = [connect(port) for _ in range(3)]
+    try:
+        wait_for(lambda: open_connections(port) == 3, "3 open connections", timeout_s=5)
+        with connect(port) as s:  # one more, answered and closed by the server
+            s.sendall(get(b"/"))
+            assert parse_response(read_all(s)).status == 200
+        wait_for(lambda: open_connections(port) == 3, "back to 3 open connections", timeout_s=5)
+    finally:
+        for s in sockets:
+            s.close()
+    wait_for(lambda: open_connections(port) == 0, "no open connection", timeout_s=5)
 
 
 def test_a_reset_kept_alive_connection_is_freed_at_once(port: int) -> None:
