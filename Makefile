@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test bench
+.PHONY: install run train serve test lint format clean gpu-check image-test bench quality
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -58,3 +58,11 @@ gpu-check:
 # ASGI app and a FastAPI baseline. Writes docs/benchmarks.md/.json/.png. BENCH_ARGS=--use-trained serves digits.
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# The quality benchmark (about 20 minutes on 2 cores): the default ensemble, trained with the CLI and scored
+# through the server, against scikit-learn baselines on tables that statsmodels, ISLP and vega_datasets ship.
+# Writes docs/quality.md/.json/.png. QUALITY_ARGS=--tables auto,fair runs a subset.
+quality: install
+	$(BIN)/python -m pip install -q -e '.[quality]'
+	$(BIN)/python -m pip install -q --no-deps 'ISLP==0.6.0'
+	$(BIN)/python -m benchmarks.quality $(QUALITY_ARGS)
