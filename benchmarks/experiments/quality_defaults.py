@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         from sklearn.model_selection import train_test_split
 
         strat = df[table.target].astype(str) if table.task == "classification" else None
-        inner_train, inner_val = train_test_split(
-            np.arange(len(df)), test_size=0.25, random_state=INNER_SEED, stratify=strat
+        inner_train, inner_val = (
+            np.sort(part)
+            for part in train_test_split(
+                np.arange(len(df)), test_size=0.25, random_state=INNER_SEED, stratify=strat
+            )
         )
         ds = numeric_dataset(table, df)
         y_val = df[table.target].to_numpy()[inner_val]
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in args.variants.split(","):
             overrides, tf = variant(v, len(inner_train), table.task)
             started = time.perf_counter()
-            pred = ensemble_predict(ds, np.sort(inner_train), np.sort(inner_val), overrides, tf, args.members)
+            pred = ensemble_predict(ds, inner_train, inner_val, overrides, tf, args.members)
             runs[v] = (pred, time.perf_counter() - started)
         scores = scoring.summarize(table.task, y_val, {k: v[0] for k, v in runs.items()})
         for k, (_pred, secs) in runs.items():
