@@ -38,8 +38,12 @@ def steps_epochs(n_train: int, batch: int, min_steps: int, lo: int = 25, hi: int
     return int(np.clip(-(-min_steps // per_epoch), lo, hi))
 
 
-def variant(name: str, n: int, task: str) -> tuple[dict[str, Any], float]:
-    """(FitConfig overrides, internal test fraction) of a named variant for `n` training rows."""
+def variant(name: str, n: int, task: str, custom: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """(FitConfig overrides, internal test fraction) of a named variant for `n` training rows; a custom
+    variant is a JSON object of overrides (``test_fraction`` among them, default 0.15)."""
+    if name in custom:
+        spec = {"epochs": ENSEMBLE_EPOCHS, **custom[name]}
+        return {k: v for k, v in spec.items() if k != "test_fraction"}, float(spec.get("test_fraction", 0.15))
     member_rows = int(0.8 * 0.85 * n)
     base: dict[str, Any] = {"epochs": ENSEMBLE_EPOCHS}
     table = {
@@ -97,55 +101,67 @@ def ensemble_predict(
     return scoring.Prediction(values=mean[:, 0])
 
 
+def run_split(table: Table, seed: int, args: argparse.Namespace, custom: dict[str, dict[str, Any]]) -> None:
+    from sklearn.model_selection import train_test_split
+
+    df, _test_rows_never_used = holdout_split(table, load(table))
+    strat = df[table.target].astype(str) if table.task == "classification" else None
+    inner_train, inner_val = (
+        np.sort(part)
+        for part in train_test_split(np.arange(len(df)), test_size=0.25, random_state=seed, stratify=strat)
+    )
+    ds = numeric_dataset(table, df)
+    y_val = df[table.target].to_numpy()[inner_val]
+    metric = scoring.METRICS[table.task][0]
+    runs: dict[str, tuple[scoring.Prediction, float]] = {}
+    if args.baselines:
+        feats = feature_columns(table, df)
+        t = df.iloc[inner_train]
+        for kind in baselines.BASELINES:
+            runs[kind] = baselines.fit_predict(
+                kind, table.task, t[feats], t[table.target], df.iloc[inner_val][feats]
+            )
+    for v in args.variants.split(","):
+        overrides, tf = variant(v, len(inner_train), table.task, custom)
+        started = time.perf_counter()
+        pred = ensemble_predict(ds, inner_train, inner_val, overrides, tf, args.members)
+        runs[v] = (pred, time.perf_counter() - started)
+    preds = {k: v[0] for k, v in runs.items()}
+    scores = scoring.summarize(table.task, y_val, preds)
+    first = args.variants.split(",")[0]
+    for k, (_pred, secs) in runs.items():
+        s = scores[k]
+        ll = f"  log_loss {s['log_loss']:.4f}" if table.task == "classification" else ""
+        d, se = scoring.paired_difference(table.task, y_val, preds[k], preds[first], metric)
+        print(
+            f"{table.name:>16} s{seed} {k:>14}: {metric} {s[metric]:.4f} ± {s[metric + '_se']:.4f}{ll}"
+            f"  vs {first} {d:+.4f} ({se:.4f})  {secs:.0f} s",
+            flush=True,
+        )
+        if args.jsonl:
+            with args.jsonl.open("a") as f:
+                f.write(
+                    json.dumps({"table": table.name, "seed": seed, "variant": k, "seconds": secs, **s}) + "\n"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tables", required=True)
     p.add_argument("--variants", default="base")
     p.add_argument("--members", type=int, default=5)
+    p.add_argument(
+        "--custom", action="append", default=[], metavar="NAME=JSON", help="a variant of overrides"
+    )
+    p.add_argument("--repeats", type=int, default=1, help="inner splits (seeds 1..R)")
     p.add_argument("--baselines", action="store_true", help="also score the baselines on the inner split")
     p.add_argument("--jsonl", type=Path, help="append one JSON line per result here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    custom = {k: json.loads(v) for k, _, v in (c.partition("=") for c in args.custom)}
     for name in args.tables.split(","):
-        table = BY_NAME[name]
-        df, _test_rows_never_used = holdout_split(table, load(table))
-        from sklearn.model_selection import train_test_split
-
-        strat = df[table.target].astype(str) if table.task == "classification" else None
-        inner_train, inner_val = (
-            np.sort(part)
-            for part in train_test_split(
-                np.arange(len(df)), test_size=0.25, random_state=INNER_SEED, stratify=strat
-            )
-        )
-        ds = numeric_dataset(table, df)
-        y_val = df[table.target].to_numpy()[inner_val]
-        metric = scoring.METRICS[table.task][0]
-        runs: dict[str, tuple[scoring.Prediction, float]] = {}
-        if args.baselines:
-            feats = feature_columns(table, df)
-            for kind in baselines.BASELINES:
-                t = df.iloc[inner_train]
-                pred, secs = baselines.fit_predict(
-                    kind, table.task, t[feats], t[table.target], df.iloc[inner_val][feats]
-                )
-                runs[kind] = (pred, secs)
-        for v in args.variants.split(","):
-            overrides, tf = variant(v, len(inner_train), table.task)
-            started = time.perf_counter()
-            pred = ensemble_predict(ds, inner_train, inner_val, overrides, tf, args.members)
-            runs[v] = (pred, time.perf_counter() - started)
-        scores = scoring.summarize(table.task, y_val, {k: v[0] for k, v in runs.items()})
-        for k, (_pred, secs) in runs.items():
-            s = scores[k]
-            ll = f"  log_loss {s['log_loss']:.4f}" if table.task == "classification" else ""
-            print(
-                f"{name:>16} {k:>14}: {metric} {s[metric]:.4f} ± {s[metric + '_se']:.4f}{ll}  {secs:.0f} s",
-                flush=True,
-            )
-            if args.jsonl:
-                with args.jsonl.open("a") as f:
-                    f.write(json.dumps({"table": name, "variant": k, "seconds": secs, **s}) + "\n")
+        for repeat in range(args.repeats):
+            run_split(BY_NAME[name], INNER_SEED + repeat, args, custom)
     return 0
 
 

@@ -48,70 +48,115 @@ def one_line(r: dict[str, Any]) -> str:
     return f"{r['table']:>16} {metric}: " + "; ".join(parts) + f"  -> {verdict(r)}; {tail}"
 
 
+def _columns(r: dict[str, Any]) -> str:
+    cols = f"{r['numeric']} num, {r['categorical']} cat"
+    if r["with_missing"]:
+        cols += f" ({r['with_missing']} with missing)"
+    return cols
+
+
+def _seconds(r: dict[str, Any]) -> str:
+    sec = r["seconds"]
+    ours = f"{sec['ours']:.0f}" if "ours" in sec else "not run"
+    return f"{ours} / {sec.get('linear', math.nan):.1f} / {sec.get('hgb', math.nan):.1f}"
+
+
+def _diff(v: dict[str, Any] | None, digits: int = 3) -> str:
+    if not v or v.get("difference") is None:
+        return "—"
+    return f"{v['difference']:+.{digits}f} ({v['se']:.{digits}f})"
+
+
+def _vs(r: dict[str, Any]) -> str:
+    v = r.get("vs_best")
+    return f"{_diff(v)} vs {v['baseline']} | {verdict(r)}" if v else "— | not run"
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    head = (
-        "| table | task | rows (train/test) | columns | ours | linear | HGB | ours − best (paired SE) | "
-        "ours log-loss | linear log-loss | HGB log-loss | train s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = []
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['table']} | {r['task']} | failed: {r['error'][:120]} |" + " |" * 9)
-            continue
-        metric = METRICS[r["task"]][0]
-        s = r["scores"]
-        cols = f"{r['numeric']} num, {r['categorical']} cat"
-        if r["with_missing"]:
-            cols += f", {r['with_missing']} with missing"
-        task = r["task"] if r["task"] == "regression" else f"{r['classes']} classes"
-        if r["task"] == "classification" and r["minority_share"] < 0.15:
-            task += f" ({100 * r['minority_share']:.0f}% minority)"
-        v = r.get("vs_best")
-        diff = f"{v['difference']:+.3f} ({v['se']:.3f}) vs {v['baseline']}: {verdict(r)}" if v else "—"
-        ll = [_fmt(s.get(m), "log_loss") if r["task"] == "classification" else "—" for m in MODELS]
-        secs = r["seconds"].get("ours")
-        lines.append(
-            f"| {r['table']} | {task} | {r['train_rows']}/{r['test_rows']} | {cols} | "
-            f"{metric} {_fmt(s.get('ours'), metric)} | {_fmt(s.get('linear'), metric)} | "
-            f"{_fmt(s.get('hgb'), metric)} | {diff} | {' | '.join(ll)} | "
-            f"{f'{secs:.0f}' if secs is not None else r.get('ours_skipped', '—')} |"
+    """One table per task; the verdict column compares ours with the better baseline on the main metric."""
+    out = []
+    failed = [r for r in results if "error" in r]
+    cls = [r for r in results if "error" not in r and r["task"] == "classification"]
+    reg = [r for r in results if "error" not in r and r["task"] == "regression"]
+    if cls:
+        out.append(
+            "| table | rows train/test | columns | classes | accuracy: ours | linear | HGB | "
+            "ours − best (SE) | verdict | log-loss: ours | linear | HGB | ours − linear (SE) | "
+            "train s: ours / linear / HGB |\n" + "|---" * 14 + "|"
         )
-    return head + "\n".join(lines) + "\n"
+        for r in cls:
+            s = r["scores"]
+            classes = f"{r['classes']}"
+            if r["minority_share"] < 0.15:
+                classes += f" ({100 * r['minority_share']:.0f}% minority)"
+            out.append(
+                f"| {r['table']} | {r['train_rows']}/{r['test_rows']} | {_columns(r)} | {classes} | "
+                + " | ".join(_fmt(s.get(m), "accuracy") for m in MODELS)
+                + f" | {_vs(r)} | "
+                + " | ".join(_fmt(s.get(m), "log_loss") for m in MODELS)
+                + f" | {_diff(r.get('log_loss_vs_linear'))} | {_seconds(r)} |"
+            )
+        out.append("")
+    if reg:
+        out.append(
+            "| table | rows train/test | columns | R²: ours | linear | HGB | ours − best (SE) | verdict | "
+            "RMSE: ours | linear | HGB | train s: ours / linear / HGB |\n" + "|---" * 12 + "|"
+        )
+        for r in reg:
+            s = r["scores"]
+            out.append(
+                f"| {r['table']} | {r['train_rows']}/{r['test_rows']} | {_columns(r)} | "
+                + " | ".join(_fmt(s.get(m), "r2") for m in MODELS)
+                + f" | {_vs(r)} | "
+                + " | ".join(_fmt(s.get(m), "rmse") for m in MODELS)
+                + f" | {_seconds(r)} |"
+            )
+        out.append("")
+    for r in failed:
+        out.append(f"- {r['table']}: failed: {r['error'][:300]}")
+    return "\n".join(out) + "\n"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """One panel per task: the main metric of each model with its SE as an error bar."""
+    """Left: ours − best baseline on accuracy / R², ±1 paired SE. Right: log-loss, ours − linear."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in results if "scores" in r]
-    tasks = [t for t in ("classification", "regression") if any(r["task"] == t for r in done)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    colors = {"ours": "tab:red", "linear": "tab:blue", "hgb": "tab:green"}
-    for ax, task in zip(axes[0], tasks, strict=True):
-        rows = [r for r in done if r["task"] == task]
-        metric = METRICS[task][0]
-        width = 0.27
-        for j, m in enumerate(MODELS):
-            xs, ys, es = [], [], []
-            for i, r in enumerate(rows):
-                s = r["scores"].get(m)
-                if s:
-                    xs.append(i + (j - 1) * width)
-                    ys.append(s[metric])
-                    es.append(s[metric + "_se"])
-            ax.bar(xs, ys, width, yerr=es, capsize=2, color=colors[m], label=m)
-        ax.set_xticks(range(len(rows)), [r["table"] for r in rows], rotation=30, ha="right")
-        ax.set_ylabel(f"held-out {'accuracy' if metric == 'accuracy' else 'R²'} (± 1 SE)")
-        lows = [r["scores"][m][metric] for r in rows for m in MODELS if m in r["scores"]]
-        finite = [v for v in lows if math.isfinite(v)]
-        if finite:
-            ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
-        ax.set_title(task)
-        ax.legend(loc="lower right", fontsize=8)
+    done = [r for r in results if r.get("vs_best")]
+    cls = [r for r in done if r["task"] == "classification"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(done), 4) + 1.5), squeeze=False)
+    ax = axes[0][0]
+    ys = list(range(len(done)))[::-1]
+    for y, r in zip(ys, done, strict=True):
+        v = r["vs_best"]
+        color = {"at or above": "tab:green", "within 1 SE": "tab:orange", "below": "tab:red"}[verdict(r)]
+        ax.errorbar(v["difference"], y, xerr=v["se"], fmt="o", color=color, capsize=3)
+    ax.set_yticks(
+        ys,
+        [
+            f"{r['table']} ({'acc' if r['task'] == 'classification' else 'R²'} vs {r['vs_best']['baseline']})"
+            for r in done
+        ],
+    )
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_xlabel("ours − best baseline (± 1 paired SE); right is better")
+    ax.set_title("accuracy / R²")
+    ax = axes[0][1]
+    ys = list(range(len(cls)))[::-1]
+    for y, r in zip(ys, cls, strict=True):
+        v = r["log_loss_vs_linear"]
+        color = (
+            "tab:green"
+            if v["difference"] <= 0
+            else ("tab:orange" if v["difference"] <= v["se"] else "tab:red")
+        )
+        ax.errorbar(v["difference"], y, xerr=v["se"], fmt="o", color=color, capsize=3)
+    ax.set_yticks(ys, [r["table"] for r in cls])
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_xlabel("ours − linear (± 1 paired SE); left is better")
+    ax.set_title("log-loss (classification)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
