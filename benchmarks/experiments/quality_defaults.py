@@ -25,7 +25,8 @@ import torch
 
 from benchmarks.quality import baselines, scoring
 from benchmarks.quality.tables import BY_NAME, Table, feature_columns, holdout_split, load
-from training.data import Dataset, kfold, split
+from training.data import ColumnOverrides, Dataset, kfold, load_dataset, split
+from training.defaults import recipe
 from training.fit import FitConfig, fit, predict
 
 INNER_SEED = 1
@@ -48,6 +49,7 @@ def variant(name: str, n: int, task: str, custom: dict[str, dict[str, Any]]) -> 
     base: dict[str, Any] = {"epochs": ENSEMBLE_EPOCHS}
     table = {
         "base": (base, 0.15),
+        "recipe": ({"recipe": True}, 0.15),
         "notest": (base, 0.0),
         "steps": ({"epochs": steps_epochs(member_rows, 128, 1500)}, 0.15),
         "steps-notest": ({"epochs": steps_epochs(int(0.8 * n), 128, 1500)}, 0.0),
@@ -64,16 +66,17 @@ def variant(name: str, n: int, task: str, custom: dict[str, dict[str, Any]]) -> 
     return table[name]
 
 
-def numeric_dataset(table: Table, df: Any) -> Dataset:
-    """A numeric table as today's loader builds it (labels sorted as np.unique sorts them)."""
-    X = df[feature_columns(table, df)].to_numpy(dtype=np.float32)
-    if table.task == "classification":
-        labels, y = np.unique(df[table.target].astype(str).to_numpy(), return_inverse=True)
-        return Dataset(
-            X, y.astype(np.int64), table.task, list(labels), feature_columns(table, df), None, table.name
-        )
-    y = df[table.target].to_numpy(dtype=np.float32).reshape(-1, 1)
-    return Dataset(X, y, table.task, None, feature_columns(table, df), None, table.name)
+def table_dataset(table: Table, df: Any) -> Dataset:
+    """The rows as the CLI reads them: written to a CSV and loaded with the table's `--ignore`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{table.name}.csv"
+        df.to_csv(path, index=False)
+        ds = load_dataset(str(path), table.target, kinds=ColumnOverrides(ignore=tuple(table.ignore)))
+    if len(ds) != len(df):
+        raise ValueError(f"{table.name}: the loader dropped rows, so inner indices would not line up")
+    return ds
 
 
 def ensemble_predict(
@@ -84,14 +87,19 @@ def ensemble_predict(
     test_fraction: float,
     members: int,
 ) -> scoring.Prediction:
-    sub = Dataset(ds.X[train_idx], ds.y[train_idx], ds.task, ds.labels, ds.feature_names, None, ds.name)
+    sub = replace(ds, X=ds.X[train_idx], y=ds.y[train_idx])
     idx = np.arange(len(sub))
     if test_fraction > 0:
         a, b, _test = split(sub, 0.5 * (1 - test_fraction), test_fraction, seed=0)
         idx = np.sort(np.concatenate([a, b]))
+    use_recipe = bool(overrides.pop("recipe", False))
     outs = []
     for i, (tr, va) in enumerate(kfold(sub, idx, members, seed=0)):
-        config = replace(FitConfig(), seed=i, **overrides)
+        config = FitConfig(epochs=ENSEMBLE_EPOCHS, seed=i)
+        if use_recipe:  # what the pipeline does: the data-size recipe for fields the user did not set
+            n_classes = len(ds.labels) if ds.labels is not None else None
+            config = replace(config, **recipe(len(tr), int(ds.X.shape[1]), ds.task, n_classes))
+        config = replace(config, **overrides)
         result = fit(sub, tr, va, config, progress=False)
         out = predict(result.model, ds.X[val_idx])
         outs.append(torch.softmax(torch.from_numpy(out), 1).numpy() if ds.task == "classification" else out)
@@ -110,7 +118,7 @@ def run_split(table: Table, seed: int, args: argparse.Namespace, custom: dict[st
         np.sort(part)
         for part in train_test_split(np.arange(len(df)), test_size=0.25, random_state=seed, stratify=strat)
     )
-    ds = numeric_dataset(table, df)
+    ds = table_dataset(table, df)
     y_val = df[table.target].to_numpy()[inner_val]
     metric = scoring.METRICS[table.task][0]
     runs: dict[str, tuple[scoring.Prediction, float]] = {}

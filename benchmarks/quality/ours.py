@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.processes import HOST, free_port, start, stop, wait_ready
+from benchmarks.processes import HOST, Service, free_port, start, stop
 from benchmarks.quality.scoring import Prediction
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,8 @@ def request_bodies(manifest: dict[str, Any], X: pd.DataFrame) -> list[dict[str, 
     for start_row in range(0, len(X), CHUNK_ROWS):
         part = X.iloc[start_row : start_row + CHUNK_ROWS]
         if single:
-            rows = part[inputs[0]["feature_names"]].to_numpy(dtype=np.float64).tolist()
+            values = part[inputs[0]["feature_names"]].to_numpy(dtype=np.float64)
+            rows = [[None if math.isnan(v) else v for v in row] for row in values.tolist()]  # null = missing
             bodies.append({"instances": rows})
         else:
             names = [spec.get("column", spec["name"]) for spec in inputs]
@@ -117,6 +119,28 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         raise ToolFailed(f"the server answered {exc.code}: {exc.read()[:500]!r}") from None
 
 
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_loaded(service: Service, name: str, log: Path) -> None:
+    """Until the model is ready; a model the server refuses fails at once with the server's reason."""
+    deadline = time.perf_counter() + READY_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        if _ready(f"{service.base_url}/v2/models/{name}/ready"):
+            return
+        text = log.read_text(errors="replace") if log.exists() else ""
+        refused = [line for line in text.splitlines() if f"cannot load {name}" in line]
+        if refused or service.process.poll() is not None:
+            raise ToolFailed(f"the server did not load the model: {(refused or [text[-800:]])[0]}")
+        time.sleep(0.2)
+    raise ToolFailed(f"the server did not become ready in {READY_TIMEOUT_S:.0f} s")
+
+
 def serve_and_predict(
     repository: Path, name: str, manifest: dict[str, Any], X: pd.DataFrame, log: Path
 ) -> Prediction:
@@ -135,8 +159,7 @@ def serve_and_predict(
     ]
     service = start("server", argv, log)
     try:
-        if not wait_ready(service, "/v2/health/ready", READY_TIMEOUT_S):
-            raise ToolFailed(f"the server did not become ready: {log.read_text()[-1500:]}")
+        _wait_loaded(service, name, log)
         url = f"{service.base_url}/v1/models/{name}:predict"
         answers = [_post(url, body) for body in request_bodies(manifest, X)]
     finally:

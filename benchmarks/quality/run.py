@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -82,10 +83,12 @@ def run_table(
         written = train_df if supports_ignore else train_df.drop(columns=ignore)
         written.to_csv(csv, index=False)
         repository = work / "repository"
+        result["load_average_before"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
         trained = ours.train(
             csv, table.target, ignore if supports_ignore else [], repository, table.name, extra
         )
         seconds["ours"] = trained.seconds
+        result["load_average_after"] = os.getloadavg()[0]
         preds["ours"] = ours.serve_and_predict(
             repository, table.name, trained.manifest, test_df[features], work / f"{table.name}-server.log"
         )
