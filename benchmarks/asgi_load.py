@@ -1,8 +1,8 @@
 """CPU time per request of the server's own code, without sockets: ASGI calls straight into the app.
 
-wrk on 2 shared cores measures the whole machine; this drives ``server.app.create_app`` in one process with
-`concurrency` coroutines, each sending its requests one after another (on uvloop, as uvicorn would run it),
-and reports requests/s and process CPU time per request (event loop and inference thread together).
+wrk on 2 shared cores measures the whole machine; this drives ``server.http.app.create_app`` in one process
+with `concurrency` coroutines, each sending its requests one after another (on uvloop, as uvicorn would run
+it), and reports requests/s and process CPU time per request (event loop and inference thread together).
 Profile it with ``--profile`` (cProfile, sorted by own time). The app is imported from PYTHONPATH, so
 pointing PYTHONPATH at another revision's tree measures that revision.
 
@@ -26,10 +26,12 @@ from benchmarks import payloads
 
 
 async def drive(args: argparse.Namespace, body: bytes, header_length: int | None) -> dict[str, Any]:
-    from server.app import create_app
+    from server.http.app import create_app
+    from server.lifecycle import build_services
     from server.settings import Settings
 
-    app = create_app(Settings(model_repository=args.repository, log_level="warning"))
+    services = build_services(Settings(model_repository=args.repository, log_level="warning"))
+    app = create_app(services)
     lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await lifespan_in.put({"type": "lifespan.startup"})
 
@@ -39,7 +41,7 @@ async def drive(args: argparse.Namespace, body: bytes, header_length: int | None
     lifespan = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan_in.get, lifespan_send)
     )
-    registry = app.state.registry
+    registry = services.registry
     deadline = time.monotonic() + 60
     while not registry.is_ready():
         if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from server.protocol.binary import encode_infer_response, parse_infer_request
+from server.protocol.v2 import encode_infer_response, parse_infer_request
 
 N_FEATURES, N_CLASSES = 64, 10
 

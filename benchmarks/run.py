@@ -1,7 +1,7 @@
 """`make bench`: our server against the physical limits, in one interleaved run.
 
 Measures onnxruntime in process (the compute limit), a minimal ASGI JSON app (the HTTP limit), a typical
-FastAPI baseline and our server (when `server.app` exists and becomes ready), with wrk on 127.0.0.1; then
+FastAPI baseline and our server (when `server.http.app` exists and becomes ready), with wrk on 127.0.0.1; then
 start-up time, memory after warm-up and after a soak, and the training commands' times. Writes
 docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png.
 
@@ -172,7 +172,7 @@ def module_in_checkout(module: str, *, import_it: bool = False) -> str | None:
 
 
 def server_available() -> str | None:
-    return module_in_checkout("server.__main__") or module_in_checkout("server.app", import_it=True)
+    return module_in_checkout("server.__main__") or module_in_checkout("server.http.app", import_it=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,9 +46,9 @@ def _expire(future: asyncio.Future[Outputs]) -> None:
 def freeze_loaded_objects() -> None:
     """Move every object alive now (modules, sessions, manifests) out of the garbage collector's sight.
 
-    A full collection walks every tracked object; with the libraries and models loaded that took up to
-    ~40 ms on the event loop, a pause every request in flight waits for (measured as the p99 at 64
-    connections, docs/performance.md). Frozen objects are never collected again, so collect first."""
+    A full collection walks every tracked object; with the libraries and models loaded that is a long
+    pause on the event loop, which every request in flight waits for (it showed as the p99 at 64
+    connections: docs/performance.md). Frozen objects are never collected again, so collect first."""
     gc.collect()
     gc.freeze()
 

@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from server.app import create_app
-    from server.drain import DrainingServer
+    from server.http.app import create_app
+    from server.http.drain import DrainingServer
+    from server.lifecycle import build_services
 
     # uvicorn re-raises a signal it caught (a second SIGTERM/SIGINT) after its shutdown under the handler
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    services = build_services(settings)
+    app = create_app(services)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
-    server = DrainingServer(config, app.state.drain, settings.drain_timeout_s)
+    server = DrainingServer(config, services.drain, settings.drain_timeout_s)
     server.run()
     # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
     return 0 if server.started else 3

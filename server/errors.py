@@ -1,4 +1,8 @@
-"""One exception hierarchy; a single handler turns each into ``{"error": "..."}`` with its status code."""
+"""One exception hierarchy, transport-free: each error carries its HTTP status (gRPC maps it to its code).
+
+Each transport renders them in one place: HTTP as ``{"error": "..."}`` with the status and headers
+(``server.http.errors``).
+"""
 
 from __future__ import annotations
 
@@ -67,6 +71,16 @@ class Unavailable(ServerError):
 
 class Timeout(ServerError):
     status_code = 504
+
+
+class ClientDisconnected(ServerError):
+    """The client left before its request was read whole: nobody to answer. Counted as outcome 499
+    (nginx's name for it), never rendered."""
+
+    status_code = 499
+
+    def __init__(self, message: str = "The client closed the connection.") -> None:
+        super().__init__(message)
 
 
 class ModelLoadError(Exception):

@@ -64,6 +64,15 @@ class Metrics:
             "ensemble_model_info", "1 for each loaded model version, with where and how it runs.",
             [*MV, "provider", "device", "members", "execution"], registry=r,
         )  # fmt: skip
+        # Drift signals of a table model, per column (its name in the training table).
+        self.unseen_categories = Counter(
+            "ensemble_unseen_categories", "Values of a categorical column not seen in training (answered).",
+            [*MV, "column"], registry=r,
+        )  # fmt: skip
+        self.missing_values = Counter(
+            "ensemble_missing_values", "Missing values received in a column of a table model (answered).",
+            [*MV, "column"], registry=r,
+        )  # fmt: skip
         self.load_failures = Counter(
             "ensemble_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
         )
@@ -92,6 +101,7 @@ class ModelMetrics:
         self._m, self._mv = metrics, (model, version)
         self._requests: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
+        self._columns: dict[str, tuple[Any, Any]] = {}
         self.in_flight_count: int | None = None  # None until the first request (no series before it)
 
     def requests(self, protocol: str, outcome: str) -> Any:
@@ -106,6 +116,20 @@ class ModelMetrics:
         if child is None:
             child = self._durations[protocol] = self._m.request_duration.labels(*self._mv, protocol)
         return child
+
+    def column_values(self, column: str, unseen: int, missing: int) -> None:
+        """Count a request's unseen categories and missing values in `column` (called only when some)."""
+        children = self._columns.get(column)
+        if children is None:
+            labels = (*self._mv, column)
+            children = self._columns[column] = (
+                self._m.unseen_categories.labels(*labels),
+                self._m.missing_values.labels(*labels),
+            )
+        if unseen:
+            children[0].inc(unseen)
+        if missing:
+            children[1].inc(missing)
 
     # The two gauges are read when scraped (set_function) instead of being set on every request.
     def request_started(self) -> None:

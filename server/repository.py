@@ -1,8 +1,10 @@
 """The model repository: scan the folder, validate versions, load them, and keep the registry of what serves.
 
-``ModelRegistry`` holds an immutable dict ``(name, version) -> LoadedModel`` that is swapped atomically, so a
-request always sees a consistent set; ``reload()`` / ``load(name)`` / ``unload(name)`` build the next dict
-and swap it in, closing the batchers of versions that left only after their in-flight requests finish.
+``ModelRegistry`` holds an immutable dict ``(name, version) -> ServedVersion`` that is swapped atomically, so
+a request always sees a consistent set, and each name's state; ``reload()`` / ``load(name)`` /
+``unload(name)`` build the next dict and swap it in, retiring the versions that left once their in-flight
+requests finish (``server.served``). Lookups answer None for what is not served: what that means to a
+client (404 or 503) is the data plane's call.
 ``server.reloader`` calls ``reload()`` when the folder changed. A version that fails to load never takes the
 place of a good one: under the ``latest`` policy the highest version that loads serves, and a failed version
 is tried again only once its files change (so a broken folder is logged and counted once, not every poll).
@@ -14,35 +16,24 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
-from server.batching import Batcher
 from server.ensemble import Ensemble
-from server.errors import ModelLoadError, NotFound, Unavailable
+from server.errors import ModelLoadError
 from server.manifest import NAME_RE, Manifest, read_manifest, sha256_file
 from server.metrics import Metrics
 from server.runtime import default_intra_op_threads, usable_cpus
-from server.settings import Settings
+from server.served import ServedVersion
+from server.settings import Settings, is_version
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    name: str
-    version: int
-    path: Path
-    manifest: Manifest
-    ensemble: Ensemble
-    stamp: float  # manifest mtime when loaded: a changed manifest means a new load
-    batcher: Batcher | None = None
-    active: int = 0  # requests that looked this version up and are not answered yet (see Handlers.infer)
+State = Literal["loading", "ready", "unavailable", "unloaded"]
 
 
 @dataclass
@@ -50,15 +41,14 @@ class ModelStatus:
     """What the server knows about one model name (ready or not, and why)."""
 
     name: str
-    state: str = "loading"  # loading | ready | unavailable | unloaded
+    state: State = "loading"
     reason: str = ""
     versions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
 
 
-def is_version_folder(name: str) -> bool:
-    """A version folder's name: a positive integer written plainly ("1", "12"; not "01", "0" or "¹")."""
-    return name.isascii() and name.isdigit() and not name.startswith("0")
+# A version folder's name follows the one version rule (settings.is_version): "1", "12"; not "01" or "¹".
+is_version_folder = is_version
 
 
 def scan(root: Path) -> dict[str, list[int]]:
@@ -71,7 +61,7 @@ def scan(root: Path) -> dict[str, list[int]]:
         versions = []
         for v in model_dir.iterdir():
             if not v.is_dir() or not (v.name.isascii() and v.name.isdigit()):
-                continue  # notes, staging folders, ...
+                continue  # notes, staging folders, ... (digits only but not a version: warned below)
             if is_version_folder(v.name):
                 versions.append(int(v.name))
             else:
@@ -94,18 +84,6 @@ def version_fingerprint(vdir: Path) -> tuple[tuple[str, int, int], ...]:
                     st = entry.stat()
                     out.append((entry.name, st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
-
-
-def select_versions(available: list[int], policy: str) -> list[int]:
-    """Versions to serve under `policy` (``latest``, ``all`` or ``1,3``)."""
-    if not available:
-        return []
-    if policy == "latest":
-        return [max(available)]
-    if policy == "all":
-        return list(available)
-    wanted = {int(p) for p in policy.split(",")}
-    return [v for v in available if v in wanted]
 
 
 def validate_version(version_dir: Path, name: str, version: int) -> Manifest:
@@ -136,11 +114,13 @@ def validate_version(version_dir: Path, name: str, version: int) -> Manifest:
 
 
 class ModelRegistry:
+    """The name -> versions map, its swaps and its states."""
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.metrics = metrics
+        self.metrics = metrics  # load failures; the served versions' own series (server.served)
         self.root = Path(settings.model_repository)
-        self.models: dict[Key, LoadedModel] = {}  # swapped whole, never mutated
+        self.models: dict[Key, ServedVersion] = {}  # swapped whole, never mutated
         self.status: dict[str, ModelStatus] = {}
         self.loaded_once = False  # the first scan finished (readiness needs it)
         self._lock = asyncio.Lock()
@@ -151,29 +131,13 @@ class ModelRegistry:
         self.cpus = cpus
 
     # ------------------------------------------------------------ lookups (event loop, no I/O)
-    def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The model to serve: a given version, or the highest loaded one."""
+    def get(self, name: str, version: int | None = None) -> ServedVersion | None:
+        """The version to serve: the one asked for, or the highest loaded one; None when not served."""
         models = self.models  # one read of the current dict: consistent even during a swap
         if version is not None:
-            found = models.get((name, version))
-            if found is not None:
-                return found
-        else:
-            versions = [v for (n, v) in models if n == name]
-            if versions:
-                return models[(name, max(versions))]
-        st = self.status.get(name)
-        if st is None:
-            raise NotFound(f"Model '{name}' does not exist.")
-        if version is not None and version in st.failed:
-            raise Unavailable(f"Version {version} of model '{name}' failed to load: {st.failed[version]}")
-        if version is not None and version not in st.versions:
-            raise NotFound(f"Model '{name}' has no version {version}.")
-        if st.state == "loading":
-            raise Unavailable(f"Model '{name}' is still loading.", retry_after_s=1)
-        if st.state == "unavailable":
-            raise Unavailable(f"Model '{name}' is not available: {st.reason.rstrip('.')}.")
-        raise Unavailable(f"Model '{name}' is not loaded.")
+            return models.get((name, version))
+        versions = [v for (n, v) in models if n == name]
+        return models[(name, max(versions))] if versions else None
 
     def is_ready(self) -> bool:
         """Every model that should load is loaded and warmed."""
@@ -183,7 +147,7 @@ class ModelRegistry:
         return sorted(v for (n, v) in self.models if n == name)
 
     # ------------------------------------------------------------ loading (heavy work in a thread)
-    def _load_version(self, name: str, version: int) -> LoadedModel:
+    def _load_version(self, name: str, version: int) -> ServedVersion:
         vdir = self.root / name / str(version)
         manifest = validate_version(vdir, name, version)
         s = self.settings
@@ -206,21 +170,22 @@ class ModelRegistry:
             name, version, ensemble.members, ensemble.info.provider, ensemble.execution,
             ensemble.info.intra_op_threads, ensemble.warmup_s,
         )  # fmt: skip
-        return LoadedModel(name, version, vdir, manifest, ensemble, stamp)
+        return ServedVersion(name, version, vdir, manifest, ensemble, stamp)
 
     def _candidates(self, on_disk: list[int]) -> tuple[list[int], bool]:
         """Versions to try, and whether the first that loads is enough (``latest``: highest first)."""
-        if self.settings.version_policy == "latest":
+        policy = self.settings.version_policy
+        if policy.kind == "latest":
             return sorted(on_disk, reverse=True), True
-        return select_versions(on_disk, self.settings.version_policy), False
+        return policy.select(on_disk), False
 
     async def _load_model(
-        self, name: str, on_disk: list[int], current: dict[Key, LoadedModel]
-    ) -> dict[Key, LoadedModel]:
+        self, name: str, on_disk: list[int], current: dict[Key, ServedVersion]
+    ) -> dict[Key, ServedVersion]:
         """Load the versions of `name` to serve (reusing unchanged loaded ones); updates its status."""
         st = self.status.setdefault(name, ModelStatus(name))
         candidates, first_only = self._candidates(on_disk)
-        out: dict[Key, LoadedModel] = {}
+        out: dict[Key, ServedVersion] = {}
         failed: dict[int, str] = {}
         for v in candidates:
             lm = await self._load_or_reuse(st, name, v, current, failed)
@@ -241,8 +206,8 @@ class ModelRegistry:
         return out
 
     async def _load_or_reuse(
-        self, st: ModelStatus, name: str, v: int, current: dict[Key, LoadedModel], failed: dict[int, str]
-    ) -> LoadedModel | None:
+        self, st: ModelStatus, name: str, v: int, current: dict[Key, ServedVersion], failed: dict[int, str]
+    ) -> ServedVersion | None:
         vdir = self.root / name / str(v)
         old = current.get((name, v))
         mf = vdir / "manifest.json"
@@ -267,46 +232,18 @@ class ModelRegistry:
         self._failed.pop((name, v), None)
         return lm
 
-    async def _swap(self, new: dict[Key, LoadedModel], retire_timeout_s: float | None = None) -> None:
+    async def _swap(self, new: dict[Key, ServedVersion], retire_timeout_s: float | None = None) -> None:
         old = self.models
-        s = self.settings
-        for key, lm in new.items():
-            if lm.batcher is None:
-                lm.batcher = Batcher(
-                    lm.ensemble.predict,
-                    max_batch_size=s.max_batch_size,
-                    max_queue_delay_s=s.max_queue_delay_ms / 1000,
-                    max_queue_rows=s.max_queue_size,
-                    max_request_rows=s.max_request_rows,
-                    metrics=self.metrics,
-                    labels=(key[0], str(key[1])),
-                )
-                lm.batcher.start()
-                e = lm.ensemble
-                self.metrics.model_info.labels(
-                    key[0], str(key[1]), e.info.provider, e.info.device, str(e.members), e.execution
-                ).set(1)
+        for sv in new.values():
+            sv.start(self.settings, self.metrics)
         self.models = new  # the atomic swap: readers see the old dict or the new one
         # Retire together: one slow request holds the swap for at most one timeout, not one per version.
-        retired = [lm for key, lm in old.items() if new.get(key) is not lm]
-        await asyncio.gather(*(self._retire(lm, retire_timeout_s) for lm in retired))
-
-    async def _retire(self, lm: LoadedModel, timeout_s: float | None = None) -> None:
-        """Close a version that left the registry once the requests that looked it up have their answers."""
-        end = time.monotonic() + (self.settings.request_timeout_s if timeout_s is None else timeout_s)
-        # A request may have looked the version up and still be reading its body: it has not reached the
-        # batcher yet, so wait for those too before the batcher starts refusing work.
-        while lm.active and time.monotonic() < end:
-            await asyncio.sleep(0.005)
-        if lm.batcher is not None:
-            await lm.batcher.close(max(0.0, end - time.monotonic()))
-        e = lm.ensemble
-        info = _info_labels(lm)
-        # A version reloaded in place is served again under the same labels: its series must stay.
-        if not any(_info_labels(other) == info for other in self.models.values()):
-            with contextlib.suppress(KeyError):
-                self.metrics.model_info.remove(*info)
-        e.close()
+        timeout_s = self.settings.request_timeout_s if retire_timeout_s is None else retire_timeout_s
+        served_info = {sv.info_labels for sv in new.values()}
+        retired = [sv for key, sv in old.items() if new.get(key) is not sv]
+        await asyncio.gather(
+            *(sv.retire(timeout_s, self.metrics, keep_info=sv.info_labels in served_info) for sv in retired)
+        )
 
     async def reload(self) -> None:
         """Rescan the whole repository and load what changed (the first call loads everything)."""
@@ -315,7 +252,7 @@ class ModelRegistry:
             for name in on_disk:
                 self.status.setdefault(name, ModelStatus(name))
             current = self.models
-            new: dict[Key, LoadedModel] = {}
+            new: dict[Key, ServedVersion] = {}
             for name, versions in on_disk.items():
                 if self.status[name].state == "unloaded":
                     continue
@@ -327,9 +264,7 @@ class ModelRegistry:
             self.loaded_once = True
 
     async def load(self, name: str) -> None:
-        """(Re)load one model by name; NotFound when there is no such folder."""
-        if not NAME_RE.match(name) or not (self.root / name).is_dir():
-            raise NotFound(f"Model '{name}' is not in the repository.")
+        """(Re)load one model by name (its folder exists: the data plane checks)."""
         async with self._lock:
             on_disk = await asyncio.to_thread(scan, self.root)
             self.status.setdefault(name, ModelStatus(name)).state = "loading"
@@ -341,10 +276,8 @@ class ModelRegistry:
             await self._swap(new)
 
     async def unload(self, name: str) -> None:
-        """Stop serving a model; in-flight requests finish first."""
+        """Stop serving a model (one the registry knows); in-flight requests finish first."""
         async with self._lock:
-            if name not in self.status:
-                raise NotFound(f"Model '{name}' does not exist.")
             self.status[name].state, self.status[name].reason = "unloaded", "unloaded by request"
             await self._swap({k: v for k, v in self.models.items() if k[0] != name})
 
@@ -352,8 +285,3 @@ class ModelRegistry:
         """Unload everything; each version's requests get up to `timeout_s` (default: the request timeout)."""
         async with self._lock:
             await self._swap({}, timeout_s)
-
-
-def _info_labels(lm: LoadedModel) -> tuple[str, ...]:
-    e = lm.ensemble
-    return (lm.name, str(lm.version), e.info.provider, e.info.device, str(e.members), e.execution)

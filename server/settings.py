@@ -5,14 +5,70 @@ Every default serves a laptop; every limit is a setting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "tensorrt", "cpu"]
 MemberExecution = Literal["auto", "sequential", "fused", "parallel"]
+
+
+def is_version(text: str) -> bool:
+    """THE version rule (folders, URLs, policies): a positive integer written plainly: "1", "12";
+    not "01", "0", "+1" or "¹" (which ``str.isdigit`` takes and ``int`` refuses)."""
+    return text.isascii() and text.isdigit() and not text.startswith("0")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions of a model serve (Triton's ``latest``, ``all`` and ``specific`` policies)."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    versions: tuple[int, ...] = ()  # ``specific`` only: sorted, distinct
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """``latest``, ``all`` or a comma-separated list such as ``1,3``; ValueError otherwise."""
+        value = text.strip().lower()
+        if value in ("latest", "all"):
+            return cls(value)  # type: ignore[arg-type]
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts or not all(is_version(p) for p in parts):
+            raise ValueError("version_policy must be 'latest', 'all' or a comma-separated list of versions")
+        return cls("specific", tuple(sorted({int(p) for p in parts})))
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions of `available` this policy serves, in ascending order."""
+        if not available:
+            return []
+        if self.kind == "latest":
+            return [max(available)]
+        if self.kind == "all":
+            return sorted(available)
+        return sorted(v for v in available if v in self.versions)
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self.versions)) if self.kind == "specific" else self.kind
+
+
+LATEST = VersionPolicy()
+
+
+def _policy(value: Any) -> Any:
+    return VersionPolicy.parse(value) if isinstance(value, str) else value
+
+
+# NoDecode: the environment variable is the policy's text, not JSON.
+PolicySetting = Annotated[
+    VersionPolicy,
+    NoDecode,
+    BeforeValidator(_policy),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string"}),
+]
 
 
 class Settings(BaseSettings):
@@ -36,16 +92,15 @@ class Settings(BaseSettings):
     gpu_device_id: int = Field(default=0, ge=0)
     """Which GPU the CUDA / TensorRT providers use."""
 
-    version_policy: str = "latest"
+    version_policy: PolicySetting = LATEST
     """Versions to serve: ``latest`` (the highest), ``all``, or a comma-separated list such as ``1,3``."""
 
     max_batch_size: int = Field(default=256, ge=1)
     """Most rows the dynamic batcher merges into one run."""
 
     max_queue_delay_ms: float = Field(default=0.5, ge=0)
-    """How long a batch may wait for more requests; a lone request on an idle model runs at once.
-    (0.5 ms: at 16 connections 2 ms cost a third of the throughput, at 1 and 64 neither helps; see
-    docs/performance.md.)"""
+    """How long a batch may wait for more requests; a lone request on an idle model runs at once
+    (docs/performance.md has the measurements behind the default)."""
 
     max_queue_size: int = Field(default=4096, ge=1)
     """Most rows waiting in one model version's queue (independent of the batch size); beyond it: 429."""
@@ -87,20 +142,3 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty: no CORS headers."""
-
-    @field_validator("version_policy")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in ("latest", "all"):
-            return value
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        if not parts or not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
-            raise ValueError("version_policy must be 'latest', 'all' or a comma-separated list of versions")
-        return ",".join(parts)
-
-    def specific_versions(self) -> set[int] | None:
-        """The versions named by a specific policy, or None for ``latest``/``all``."""
-        if self.version_policy in ("latest", "all"):
-            return None
-        return {int(p) for p in self.version_policy.split(",")}

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from server.manifest import Manifest, TensorSpec
+from server.settings import LATEST, VersionPolicy
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -63,13 +64,12 @@ def model_config(
     instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int = 1,
     gpu_device_id: int = 0,
-    version_policy: str = "latest",
+    version_policy: VersionPolicy = LATEST,
     parameters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Triton's JSON model configuration for one served model.
 
-    `version_policy` is the server's setting: ``latest``, ``all`` or a comma-separated list of versions
-    (Triton's ``latest``, ``all`` and ``specific`` policies).
+    `version_policy` is the server's setting (Triton's ``latest``, ``all`` and ``specific`` policies).
     `parameters` (e.g. the execution provider that actually runs) join the ensemble's own facts in
     ``parameters`` as ``{"string_value": ...}``, Triton's form for free-form model parameters.
     """
@@ -92,12 +92,12 @@ def model_config(
     if instance_kind == "KIND_GPU":
         instance_group["gpus"] = [gpu_device_id]
     policy: dict[str, Any]
-    if version_policy == "latest":
+    if version_policy.kind == "latest":
         policy = {"latest": {"num_versions": 1}}
-    elif version_policy == "all":
+    elif version_policy.kind == "all":
         policy = {"all": {}}
     else:
-        policy = {"specific": {"versions": sorted({int(v) for v in version_policy.split(",")})}}
+        policy = {"specific": {"versions": list(version_policy.versions)}}
 
     facts = {
         "task": manifest.task,

@@ -1,9 +1,8 @@
-"""Average member outputs exactly as the server does, and score the ensemble. Pure numpy: no torch here,
-so a repository can be checked (and this module imported) where only onnxruntime is installed.
+"""Average member outputs with the server's own function, and score the ensemble. Pure numpy: no torch
+here, so a repository can be checked (and this module imported) where only onnxruntime is installed.
 
-The server's rule (DESIGN.md, aggregation ``mean``): stack the members' float32 outputs ``[M, N, W]``,
-take the mean over members, ``spread`` is the population standard deviation (ddof=0) over members, and
-for classification ``label`` is the argmax of the mean probabilities (INT64).
+The rule (aggregation ``mean``) is ``server.averaging.average``: the reported test metrics are those of
+what the server answers, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from server.averaging import average
 from server.manifest import Task
 
 # Probabilities are clipped before the log so that one confident mistake costs a large, finite loss.
@@ -25,13 +25,7 @@ def average_predictions(member_outputs: Sequence[np.ndarray], task: Task) -> dic
     stacked = np.stack([np.asarray(o, dtype=np.float32) for o in member_outputs], axis=0)
     if stacked.ndim != 3:
         raise ValueError(f"each member output must be 2-D [N, W], got shape {stacked.shape[1:]}")
-    mean = stacked.mean(axis=0, dtype=np.float32)
-    spread = stacked.std(axis=0, ddof=0, dtype=np.float32)
-    if task == "classification":
-        return {"probabilities": mean, "label": mean.argmax(axis=1).astype(np.int64), "spread": spread}
-    if task == "regression":
-        return {"prediction": mean, "spread": spread}
-    raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+    return average(stacked, task)
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

@@ -19,7 +19,7 @@ from benchmarks import payloads, report
 from benchmarks.minimal_asgi import app as minimal_app
 from benchmarks.wrk_runner import parse_output
 from server.manifest import read_manifest
-from server.protocol.binary import parse_infer_request
+from server.protocol.v2 import binary_outputs, parse_infer_request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_v2_bodies_parse_with_the_servers_parser(protocol: str) -> None:
     np.testing.assert_allclose(request.inputs[0].data, x, atol=1e-4 if protocol == "v2json" else 0)
     assert request.inputs[0].shape == (3, 64)
     if protocol == "v2bin":
-        assert request.binary_outputs(["probabilities", "label", "spread"]) == {
+        assert binary_outputs(request, ["probabilities", "label", "spread"]) == {
             "probabilities",
             "label",
             "spread",

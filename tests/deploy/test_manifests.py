@@ -17,7 +17,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 
-# The server's metric names (DESIGN.md); histograms also expose _bucket, _sum and _count series.
+# The server's metric names (docs/metrics.md); histograms also expose _bucket, _sum and _count series.
 METRICS = {
     "ensemble_requests_total",
     "ensemble_request_duration_seconds",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.app import Handlers
+from server.dataplane import DataPlane
 from tests.helpers.server_process import ServerProcess
 from tests.reliability.conftest import ADMIN_TOKEN, CORS_ORIGIN
 from tests.reliability.rawhttp import request
@@ -74,7 +74,7 @@ def test_admin_load_refuses_path_like_names(open_server: ServerProcess, name: st
 
 
 def test_admin_token_is_compared_in_constant_time() -> None:
-    source = inspect.getsource(Handlers.check_admin)
+    source = inspect.getsource(DataPlane.check_admin)
     assert "hmac.compare_digest(" in source
     assert "== token" not in source and "token ==" not in source
 

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.http.app import create_app
+from server.lifecycle import build_services
 from server.settings import Settings
 
 
 @pytest.fixture
 def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_repository=repo, warmup_runs=0, max_batch_size=8))
+    app = create_app(build_services(Settings(model_repository=repo, warmup_runs=0, max_batch_size=8)))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -27,7 +28,7 @@ def test_unexpected_errors_are_500_json(client: TestClient, monkeypatch: pytest.
     def boom() -> dict:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(client.app.state.handlers, "server_metadata", boom)  # type: ignore[attr-defined]
+    monkeypatch.setattr(client.app.state.services.dataplane, "server_metadata", boom)  # type: ignore[attr-defined]
     r = client.get("/v2")
     assert r.status_code == 500 and r.json() == {"error": "Internal server error."}
 

@@ -1,4 +1,5 @@
-"""server.protocol.binary against the real tritonclient (2.41.1): its request bodies, its response reader."""
+"""server.protocol.v2 and its tensor codecs against the real tritonclient (2.41.1): its request bodies and
+its response reader."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tritonclient.http._utils import _get_inference_request
 
-from server.protocol.binary import (
-    DATATYPES,
+from server.protocol.tensors import DATATYPES, InferenceRequest, ProtocolError
+from server.protocol.v2 import (
     HEADER_LENGTH_HEADER,
-    InferRequest,
-    ProtocolError,
+    binary_outputs,
     encode_infer_response,
     parse_header_length,
     parse_infer_request,
@@ -148,9 +148,9 @@ def test_no_requested_outputs_means_all_outputs_as_binary() -> None:
     array = np.zeros((1, 4), dtype=np.float32)
     request = parse_infer_request(*_client_request([_client_input("x", array, "FP32", True)]))
     assert request.outputs is None
-    assert request.binary_data_output is True
+    assert request.parameters["binary_data_output"] is True
     assert request.output_names(["probabilities", "label", "spread"]) == ["probabilities", "label", "spread"]
-    assert request.binary_outputs(["probabilities", "label"]) == {"probabilities", "label"}
+    assert binary_outputs(request, ["probabilities", "label"]) == {"probabilities", "label"}
 
 
 def test_per_output_binary_data_overrides_binary_data_output() -> None:
@@ -158,7 +158,7 @@ def test_per_output_binary_data_overrides_binary_data_output() -> None:
     outputs = [httpclient.InferRequestedOutput("spread"), httpclient.InferRequestedOutput("label", False)]
     request = parse_infer_request(*_client_request([_client_input("x", array, "FP32", True)], outputs))
     assert request.output_names(["probabilities", "label", "spread"]) == ["spread", "label"]
-    assert request.binary_outputs(["spread", "label"]) == {"spread"}
+    assert binary_outputs(request, ["spread", "label"]) == {"spread"}
 
     body = orjson.dumps(
         {
@@ -168,7 +168,7 @@ def test_per_output_binary_data_overrides_binary_data_output() -> None:
         }
     )
     request = parse_infer_request(body)
-    assert request.binary_outputs(["a", "b"]) == {"b"}
+    assert binary_outputs(request, ["a", "b"]) == {"b"}
 
 
 def test_unknown_requested_output_is_refused() -> None:
@@ -405,7 +405,7 @@ def test_encoding_refuses_programming_errors() -> None:
 def test_request_to_response_through_tritonclient_end_to_end() -> None:
     """What perf_analyzer and tritonclient do: binary input, binary outputs for every output."""
     features = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    request: InferRequest = parse_infer_request(
+    request: InferenceRequest = parse_infer_request(
         *_client_request([_client_input("input", features, "FP32", True)])
     )
     x = request.input("input").data
@@ -413,7 +413,7 @@ def test_request_to_response_through_tritonclient_end_to_end() -> None:
     names = request.output_names(["probabilities", "label"])
     datatypes = {"probabilities": "FP32", "label": "INT64"}
     body, header_length = encode_infer_response(
-        "digits", 1, [(n, outputs[n], datatypes[n]) for n in names], binary=request.binary_outputs(names)
+        "digits", 1, [(n, outputs[n], datatypes[n]) for n in names], binary=binary_outputs(request, names)
     )
     result = _read(body, header_length)
     assert _same(result.as_numpy("probabilities"), outputs["probabilities"])
@@ -442,7 +442,7 @@ def test_an_empty_outputs_list_asks_for_every_output() -> None:
     request = parse_infer_request(body)
     assert request.outputs is None
     assert request.output_names(["a", "b"]) == ["a", "b"]
-    assert request.binary_outputs(["a", "b"]) == set()
+    assert binary_outputs(request, ["a", "b"]) == set()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.http.app import create_app
+from server.lifecycle import build_services
 from server.settings import Settings
 from tests.helpers.server_process import ServerProcess
 
@@ -19,9 +20,13 @@ INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/
 PREDICT_PATH = "/v1/models/{name}:predict"
 
 
+def settings_for(repo: Path) -> Settings:
+    return Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0)
+
+
 @pytest.fixture(scope="module")
 def client(repo: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0))
+    app = create_app(build_services(settings_for(repo)))
     with TestClient(app) as c:
         yield c
 
@@ -85,10 +90,10 @@ def test_docs_render_in_a_browser_without_network(repo: Path, tmp_path: Path) ->
 def test_without_the_assets_package_docs_are_off_but_openapi_stays(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import server.docs
+    import server.http.docs
 
-    monkeypatch.setattr(server.docs, "assets_dir", lambda: None)
-    app = create_app(Settings(model_repository=repo, warmup_runs=0, repository_poll_interval_s=0))
+    monkeypatch.setattr(server.http.docs, "assets_dir", lambda: None)
+    app = create_app(build_services(settings_for(repo)))
     with TestClient(app) as c:
         assert c.get("/docs").status_code == 404
         assert PREDICT_PATH in c.get("/openapi.json").json()["paths"]

@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.ensemble import Ensemble, combine, fuse_members
+from server.averaging import average as combine
+from server.ensemble import Ensemble, fuse_members
 from server.manifest import read_manifest
 from tests.helpers.onnx_repo import numpy_member, write_version
 

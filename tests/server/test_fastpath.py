@@ -1,4 +1,4 @@
-"""The inference fast path (server.fastpath) answers exactly as the FastAPI routes it short-circuits."""
+"""The fast ASGI path (server.http.endpoint): every route of the table answered from raw ASGI, as pinned."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.fastpath import match
+from server.http.app import ROUTES, create_app
+from server.http.endpoint import Endpoint
+from server.lifecycle import build_services
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -22,23 +23,20 @@ SETTINGS = {"warmup_runs": 0, "max_batch_size": 8, "max_body_bytes": 4000}
 def loaded(client: TestClient) -> TestClient:
     """The client once the app's first load has finished (it loads in the background)."""
     deadline = time.monotonic() + 30
-    while not client.app.state.registry.loaded_once:  # type: ignore[attr-defined]
+    while not client.app.state.services.registry.loaded_once:  # type: ignore[attr-defined]
         assert time.monotonic() < deadline, "the models did not load within 30 s"
         time.sleep(0.02)
     return client
 
 
+def app_for(repo: Path, metrics: Metrics | None = None, **over: object) -> object:
+    return create_app(build_services(Settings(model_repository=repo, **{**SETTINGS, **over}), metrics))
+
+
 @pytest.fixture
-def clients(repo: Path) -> Iterator[tuple[TestClient, TestClient]]:
-    """(fast path on, fast path off): two apps on the same repository."""
-    fast = create_app(Settings(model_repository=repo, **SETTINGS))
-    slow = create_app(Settings(model_repository=repo, **SETTINGS))
-    slow.fast_app = None  # type: ignore[attr-defined]
-    with (
-        TestClient(fast, raise_server_exceptions=False) as a,
-        TestClient(slow, raise_server_exceptions=False) as b,
-    ):
-        yield loaded(a), loaded(b)
+def client(repo: Path) -> Iterator[TestClient]:
+    with TestClient(app_for(repo), raise_server_exceptions=False) as c:
+        yield loaded(c)
 
 
 def _binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -60,55 +58,72 @@ def _binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 V2_JSON = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": ROWS}]}
-CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
-    ("v1 ok", "/v1/models/iris:predict", json.dumps({"instances": ROWS}).encode(), {}),
-    ("v1 regression", "/v1/models/reg:predict", b'{"instances": [[1, 2, 3]]}', {}),
-    ("v2 json ok", "/v2/models/iris/infer", json.dumps(V2_JSON).encode(), {}),
-    ("v2 version ok", "/v2/models/iris/versions/1/infer", json.dumps(V2_JSON).encode(), {}),
-    ("v2 binary ok", "/v2/models/iris/infer", *_binary_body(np.array(ROWS))),
-    ("not json", "/v2/models/iris/infer", b"{nope", {}),
-    ("empty body", "/v1/models/iris:predict", b"", {}),
-    ("wrong width", "/v1/models/iris:predict", b'{"instances": [[1, 2]]}', {}),
-    ("unknown model", "/v2/models/nope/infer", json.dumps(V2_JSON).encode(), {}),
-    ("bad model name", "/v1/models/NO%20PE:predict", b"{}", {}),
-    ("unknown version", "/v2/models/iris/versions/9/infer", json.dumps(V2_JSON).encode(), {}),
-    ("bad version", "/v2/models/iris/versions/x/infer", json.dumps(V2_JSON).encode(), {}),
-    ("broken model", "/v2/models/broken/infer", json.dumps(V2_JSON).encode(), {}),
-    ("too large", "/v1/models/iris:predict", b'{"instances": [' + b"[1,2,3,4]," * 500 + b"[1,2,3,4]]}", {}),
+# Each case with the status (and Connection header) FastAPI's routes answered before they were replaced by
+# this path (the bodies and headers were compared byte for byte then).
+CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
+    ("v1 ok", "/v1/models/iris:predict", json.dumps({"instances": ROWS}).encode(), {}, 200),
+    ("v1 regression", "/v1/models/reg:predict", b'{"instances": [[1, 2, 3]]}', {}, 200),
+    ("v2 json ok", "/v2/models/iris/infer", json.dumps(V2_JSON).encode(), {}, 200),
+    ("v2 version ok", "/v2/models/iris/versions/2/infer", json.dumps(V2_JSON).encode(), {}, 200),
+    ("v2 version not served", "/v2/models/iris/versions/1/infer", json.dumps(V2_JSON).encode(), {}, 404),
+    ("v2 binary ok", "/v2/models/iris/infer", *_binary_body(np.array(ROWS)), 200),
+    ("not json", "/v2/models/iris/infer", b"{nope", {}, 400),
+    ("empty body", "/v1/models/iris:predict", b"", {}, 400),
+    ("wrong width", "/v1/models/iris:predict", b'{"instances": [[1, 2]]}', {}, 400),
+    ("unknown model", "/v2/models/nope/infer", json.dumps(V2_JSON).encode(), {}, 404),
+    ("bad model name", "/v1/models/NO%20PE:predict", b"{}", {}, 404),
+    ("unknown version", "/v2/models/iris/versions/9/infer", json.dumps(V2_JSON).encode(), {}, 404),
+    ("bad version", "/v2/models/iris/versions/x/infer", json.dumps(V2_JSON).encode(), {}, 404),
+    ("broken model", "/v2/models/broken/infer", json.dumps(V2_JSON).encode(), {}, 503),
+    ("too large", "/v1/models/iris:predict", b'{"instances": [' + b"[1,2,3,4]," * 500 + b"[1,2,3,4]]}", {},
+     413),
     ("bad header length", "/v2/models/iris/infer", json.dumps(V2_JSON).encode(),
-     {"Inference-Header-Content-Length": "x"}),
-    ("trailing slash", "/v2/models/iris/infer/", json.dumps(V2_JSON).encode(), {}),
+     {"Inference-Header-Content-Length": "x"}, 400),
+    ("trailing slash", "/v2/models/iris/infer/", json.dumps(V2_JSON).encode(), {}, 307),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("what", "path", "body", "headers"), CASES, ids=[c[0] for c in CASES])
-def test_fast_path_answers_like_fastapi(
-    clients: tuple[TestClient, TestClient], what: str, path: str, body: bytes, headers: dict[str, str]
+@pytest.mark.parametrize(("what", "path", "body", "headers", "status"), CASES, ids=[c[0] for c in CASES])
+def test_the_routes_answer_as_pinned(
+    client: TestClient, what: str, path: str, body: bytes, headers: dict[str, str], status: int
 ) -> None:
-    fast, slow = clients
-    a = fast.post(path, content=body, headers=headers, follow_redirects=False)
-    b = slow.post(path, content=body, headers=headers, follow_redirects=False)
-    assert a.status_code == b.status_code, what
-    assert a.content == b.content, what
-    for name in ("content-type", "content-length", "inference-header-content-length", "connection"):
-        assert a.headers.get(name) == b.headers.get(name), (what, name)
-    if a.status_code >= 400:
-        assert set(a.json()) == {"error"}
+    r = client.post(path, content=body, headers=headers, follow_redirects=False)
+    assert r.status_code == status, (what, r.text[:200])
+    assert r.headers["content-length"] == str(len(r.content))
+    if status == 307:
+        assert r.headers["location"] == "http://testserver/v2/models/iris/infer"
+    elif status >= 400:
+        assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error"}
+        assert r.headers.get("connection") == ("close" if status == 413 else None)
+    elif "binary" in what:
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert int(r.headers["inference-header-content-length"]) < len(r.content)
+    else:
+        assert r.headers["content-type"] == "application/json"
+        assert "inference-header-content-length" not in r.headers
 
 
-def test_match_takes_only_the_inference_routes() -> None:
-    assert match("/v2/models/iris/infer") == ("iris", None, "v2")
-    assert match("/v2/models/iris/versions/3/infer") == ("iris", "3", "v2")
-    assert match("/v1/models/iris:predict") == ("iris", None, "v1")
+def test_match_reads_the_route_table() -> None:
+    endpoint = Endpoint(ROUTES, None, None)
+
+    def target(method: str, path: str) -> object:
+        found = endpoint.match(method, path)
+        return (found[0].handler.__name__, found[1]) if isinstance(found, tuple) else found
+
+    assert target("POST", "/v2/models/iris/infer") == ("infer", {"name": "iris"})
+    assert target("POST", "/v2/models/iris/versions/3/infer") == ("infer", {"name": "iris", "version": "3"})
+    assert target("POST", "/v1/models/iris:predict") == ("predict", {"name": "iris"})
+    assert target("GET", "/v2/models/stats") == ("all_stats", {})
+    assert target("GET", "/v2/models/iris/infer") == ["POST"]  # a 405
     others = ["/v2/models/iris/infer/", "/v2/models/a/b/infer", "/v2/models//infer", "/v1/models/:predict"]
-    others += ["/v2/models/iris/ready", "/v2/repository/index", "/v1/models/a/b:predict"]
+    others += ["/v1/models/a/b:predict", "/docs", "/openapi.json"]
     for other in others:
-        assert match(other) is None, other
+        assert target("POST", other) is None, other
 
 
 def test_fast_path_counts_every_request(repo: Path) -> None:
     metrics = Metrics()
-    app = create_app(Settings(model_repository=repo, **SETTINGS), metrics)
+    app = app_for(repo, metrics)
     with TestClient(app, raise_server_exceptions=False) as client:
         loaded(client)
         assert client.post("/v1/models/iris:predict", json={"instances": ROWS}).status_code == 200
@@ -125,7 +140,7 @@ def test_fast_path_counts_every_request(repo: Path) -> None:
 
 
 def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
-    app = create_app(Settings(model_repository=repo, cors_origins=["http://ui.example"], **SETTINGS))
+    app = app_for(repo, cors_origins=["http://ui.example"])
     with TestClient(app) as client:
         r = loaded(client).post(
             "/v1/models/iris:predict", json={"instances": ROWS}, headers={"Origin": "http://ui.example"}
@@ -133,26 +148,20 @@ def test_with_cors_the_routes_answer_with_cors_headers(repo: Path) -> None:
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
 
 
-def test_inference_does_not_go_through_the_router(repo: Path) -> None:
-    app = create_app(Settings(model_repository=repo, **SETTINGS))
-    app.router.routes = [r for r in app.router.routes if "infer" not in r.path and "predict" not in r.path]
+def test_fastapi_holds_no_route_of_the_table(repo: Path) -> None:
+    app = app_for(repo)
+    assert not {getattr(r, "path", "") for r in app.router.routes} & {r.path for r in ROUTES}  # type: ignore[attr-defined]
     with TestClient(app) as client:
         assert loaded(client).post("/v1/models/iris:predict", json={"instances": ROWS}).status_code == 200
         assert client.post("/v2/models/iris/infer", json=V2_JSON).status_code == 200
-        app.fast_app = None  # type: ignore[attr-defined]
-        assert client.post("/v2/models/iris/infer", json=V2_JSON).status_code == 404
+        assert "/v2/models/{name}/infer" in client.get("/openapi.json").json()["paths"]
 
 
-def test_while_draining_inference_is_refused_as_by_the_middleware(
-    clients: tuple[TestClient, TestClient],
-) -> None:
-    answers = []
-    for client in clients:
-        client.app.state.drain.start(30)  # type: ignore[attr-defined]
-        r = client.post("/v1/models/iris:predict", json={"instances": ROWS})
-        answers.append((r.status_code, r.content, r.headers.get("connection")))
-    assert answers[0] == answers[1]
-    assert answers[0][0] == 503 and answers[0][2] == "close"
+def test_while_draining_inference_is_refused(client: TestClient) -> None:
+    client.app.state.services.drain.start(30)  # type: ignore[attr-defined]
+    r = client.post("/v1/models/iris:predict", json={"instances": ROWS})
+    assert r.status_code == 503 and r.headers.get("connection") == "close"
+    assert r.json() == {"error": "The server is shutting down; send the request to another replica."}
 
 
 def test_queue_depth_and_in_flight_gauges_read_the_live_counts() -> None:
@@ -197,7 +206,7 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_other_cancels_stay_cance
     import asyncio
 
     from server.errors import RequestTimeout
-    from server.fastpath import read_asgi_body
+    from server.http.body import read_body as read_asgi_body
 
     async def stalled() -> dict:
         await asyncio.Event().wait()  # the rest of the body never comes

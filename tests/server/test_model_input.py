@@ -1,4 +1,4 @@
-"""server.protocol.model_input: a parsed request checked against the model's input spec."""
+"""server.inputs: a decoded request checked against the model's input spec."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from server.errors import BadRequest
+from server.inputs import model_input
 from server.manifest import InputSpec
-from server.protocol.binary import ProtocolError, parse_infer_request
-from server.protocol.model_input import model_input
+from server.protocol.tensors import ProtocolError
+from server.protocol.v2 import parse_infer_request
 
 SPEC = InputSpec(name="input", datatype="FP32", shape=[-1, 3])
 

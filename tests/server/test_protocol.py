@@ -1,4 +1,5 @@
 import json
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -7,11 +8,40 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.errors import BadRequest
+from server.inputs import model_input
 from server.protocol import v1, v2
-from server.protocol.common import parse_json_object
+from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
+from server.protocol.v1 import parse_json_object
 from tests.helpers.onnx_repo import make_manifest
 
 MANIFEST = make_manifest(labels=["a", "b", "c"])
+
+
+class Decoded(NamedTuple):
+    """What the data plane takes from a decoded request (server.dataplane.DataPlane.infer_with)."""
+
+    request: InferenceRequest
+    x: np.ndarray  # the model's rows
+    outputs: list[str]  # the outputs to answer, in order
+    binary: set[str]  # which of them go back as binary (V2)
+
+
+def checked(request: InferenceRequest, allow_nonfinite: bool = False) -> Decoded:
+    x = model_input(request, MANIFEST.input, allow_nonfinite)
+    names = request.output_names([o.name for o in MANIFEST.outputs])
+    return Decoded(request, x, names, v2.binary_outputs(request, names))
+
+
+def response(decoded: Decoded, results: dict[str, np.ndarray], version: str = "1") -> InferenceResponse:
+    outputs = tuple(
+        OutputTensor(n, MANIFEST.output(n).datatype, results[n].shape, results[n]) for n in decoded.outputs
+    )
+    return InferenceResponse(MANIFEST.name, version, decoded.request.id, outputs)
+
+
+def v1_rows(body: dict, allow_nonfinite: bool = False) -> np.ndarray:
+    request = v1.decode_request(json.dumps(body).encode(), MANIFEST, MANIFEST.name)
+    return model_input(request, MANIFEST.input, allow_nonfinite)
 
 
 def tensor(**over: object) -> dict:
@@ -20,11 +50,10 @@ def tensor(**over: object) -> dict:
     return {"inputs": [{k: v for k, v in base.items() if v is not None}]}
 
 
-def decode(body: dict, allow_nonfinite: bool = False, tail: bytes = b"") -> v2.DecodedRequest:
+def decode(body: dict, allow_nonfinite: bool = False, tail: bytes = b"") -> Decoded:
     header = json.dumps(body).encode()  # the stdlib writes integers beyond 64 bits too
-    return v2.decode_infer_request(
-        header + tail, str(len(header)) if tail else None, MANIFEST, allow_nonfinite
-    )
+    request = v2.decode_request(header + tail, str(len(header)) if tail else None, MANIFEST.name, None)
+    return checked(request, allow_nonfinite)
 
 
 def test_flat_and_nested_data_give_the_same_rows() -> None:
@@ -108,7 +137,7 @@ def test_v2_response_selects_outputs_and_echoes_id() -> None:
         "label": np.array([0, 2]),
         "spread": np.zeros((2, 3), np.float32),
     }
-    raw, header_length = v2.encode_response(MANIFEST, 1, req, results)
+    raw, header_length = v2.encode_response(req.request, response(req, results))
     assert header_length is None
     body = orjson.loads(raw)
     assert body["id"] == "r1" and body["model_version"] == "1"
@@ -118,7 +147,7 @@ def test_v2_response_selects_outputs_and_echoes_id() -> None:
 def test_v2_binary_response_carries_the_raw_bytes() -> None:
     req = decode({**tensor(), "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
     probs = np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]], np.float32)
-    raw, header_length = v2.encode_response(MANIFEST, 1, req, {"probabilities": probs})
+    raw, header_length = v2.encode_response(req.request, response(req, {"probabilities": probs}))
     assert header_length is not None
     header = orjson.loads(raw[:header_length])
     assert header["outputs"][0]["parameters"] == {"binary_data_size": probs.nbytes}
@@ -137,7 +166,7 @@ def test_v2_binary_response_carries_the_raw_bytes() -> None:
 )
 def test_bad_v1_requests(body: dict, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
-        v1.decode_predict_request(body, MANIFEST, False)
+        v1_rows(body)
 
 
 def test_v1_response_names_labels() -> None:
@@ -146,7 +175,8 @@ def test_v1_response_names_labels() -> None:
         "label": np.array([2]),
         "spread": np.zeros((1, 3), np.float32),
     }
-    assert v1.encode_predict_response(MANIFEST, 1, results)["predictions"] == ["c"]
+    req = checked(v1.decode_request(b'{"instances": [[1, 2]]}', MANIFEST, MANIFEST.name))
+    assert orjson.loads(v1.encode_response(MANIFEST, response(req, results)))["predictions"] == ["c"]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +221,7 @@ def test_any_json_gives_rows_or_bad_request(
 @given(instances=json_values)
 def test_any_v1_instances_give_rows_or_bad_request(instances: object) -> None:
     try:
-        x = v1.decode_predict_request({"instances": instances}, MANIFEST, False)
+        x = v1_rows({"instances": instances})
     except BadRequest:
         return
     assert x.shape[1] == 2 and len(x) >= 1

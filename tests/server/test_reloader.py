@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.dataplane import DataPlane
 from server.metrics import Metrics
 from server.reloader import RepositoryPoller, repository_fingerprint
 from server.repository import ModelRegistry
@@ -81,7 +82,7 @@ def test_a_broken_newest_version_leaves_the_previous_one_serving(tmp_path: Path)
         assert _failures(metrics, "iris") == 1
         assert "version 2" in registry.status["iris"].reason and "sha256" in registry.status["iris"].reason
         with pytest.raises(Exception, match="failed to load"):
-            registry.get("iris", 2)
+            DataPlane(registry.settings, registry, metrics).lookup("iris", "2")
         # Fixing the files makes it eligible again.
         shutil.rmtree(tmp_path / "iris" / "2")
         write_version(tmp_path, "iris", 2, seed=2)
@@ -131,7 +132,7 @@ def test_a_retired_version_waits_for_requests_that_looked_it_up(tmp_path: Path) 
     async def scenario() -> None:
         await registry.reload()
         old = registry.get("iris")
-        old.active += 1  # a request between lookup and submit (reading its body)
+        old.enter()  # a request between lookup and submit (reading its body)
         write_version(tmp_path, "iris", 2, seed=2)
         swap = asyncio.create_task(registry.reload())
         for _ in range(400):  # bounded: until v2 serves
@@ -142,7 +143,7 @@ def test_a_retired_version_waits_for_requests_that_looked_it_up(tmp_path: Path) 
         assert old.batcher is not None and not swap.done()  # v1 still open for the request it owes
         out = await old.batcher.submit(np.ones((1, 4), np.float32), time.perf_counter() + 5)
         assert out["probabilities"].shape == (1, 3)  # answered by v1 after v2 took over
-        old.active -= 1
+        old.leave()  # its answer is out: the retirement may go on
         await asyncio.wait_for(swap, 5)
         await registry.close(1)
 

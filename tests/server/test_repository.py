@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from server.dataplane import DataPlane
 from server.errors import ModelLoadError, NotFound, Unavailable
 from server.metrics import Metrics
-from server.repository import ModelRegistry, scan, select_versions, validate_version
-from server.settings import Settings
+from server.repository import ModelRegistry, scan, validate_version
+from server.settings import Settings, VersionPolicy
 from tests.helpers.onnx_repo import corrupt_manifest, write_version
 
 
@@ -22,16 +23,18 @@ def test_scan_skips_bad_names_and_non_version_folders(tmp_path: Path) -> None:
 
 
 def test_version_policies() -> None:
-    assert select_versions([1, 2, 5], "latest") == [5]
-    assert select_versions([1, 2, 5], "all") == [1, 2, 5]
-    assert select_versions([1, 2, 5], "1,5,7") == [1, 5]
-    assert select_versions([], "latest") == []
+    assert VersionPolicy.parse("latest").select([1, 2, 5]) == [5]
+    assert VersionPolicy.parse("all").select([1, 2, 5]) == [1, 2, 5]
+    assert VersionPolicy.parse("1,5,7").select([1, 2, 5]) == [1, 5]
+    assert VersionPolicy.parse("latest").select([]) == []
 
 
 def test_settings_refuse_bad_policy() -> None:
     with pytest.raises(ValueError, match="version_policy"):
         Settings(version_policy="newest")
-    assert Settings(version_policy=" 2, 1 ").specific_versions() == {1, 2}
+    assert Settings(version_policy=" 2, 1 ").version_policy == VersionPolicy("specific", (1, 2))
+    with pytest.raises(ValueError, match="version_policy"):
+        Settings(version_policy="01")  # one version rule: "01" is not a version anywhere
 
 
 @pytest.mark.parametrize(
@@ -73,19 +76,23 @@ def test_registry_serves_good_models_and_reports_broken_ones(tmp_path: Path) -> 
 
     async def main() -> None:
         reg = ModelRegistry(settings, metrics)
+        plane = DataPlane(settings, reg, metrics)  # turns what the registry lacks into 404 / 503
         await reg.reload()
         assert reg.get("good").version == 2
+        assert reg.get("good", 1) is None
         with pytest.raises(NotFound):
-            reg.get("good", 1)  # on disk but not chosen by the policy... reported as unknown version
+            plane.lookup("good", "1")  # on disk but not chosen by the policy... reported as unknown version
+        with pytest.raises(NotFound):
+            plane.lookup("good", "01")  # one version rule: "01" is not a version
         with pytest.raises(Unavailable, match="sha256"):
-            reg.get("bad")
+            plane.lookup("bad", None)
         with pytest.raises(NotFound):
-            reg.get("nothing")
+            plane.lookup("nothing", None)
         assert not reg.is_ready()
         assert reg.status["bad"].state == "unavailable"
         await reg.unload("good")
         with pytest.raises(Unavailable, match="not loaded"):
-            reg.get("good")
+            plane.lookup("good", None)
         await reg.load("good")
         assert reg.get("good").version == 2
         await reg.unload("bad")

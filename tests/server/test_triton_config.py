@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from server.manifest import Manifest
+from server.settings import VersionPolicy
 from server.triton_config import CONFIG_DATATYPES, model_config, model_metadata
 from tests.helpers.onnx_repo import make_manifest
 
@@ -78,7 +79,7 @@ def test_classification_config_fields() -> None:
         preferred_batch_sizes=[16, 8, 16],
         instance_kind="KIND_GPU",
         gpu_device_id=1,
-        version_policy="2,1",
+        version_policy=VersionPolicy.parse("2,1"),
         parameters={"execution_provider": "CUDAExecutionProvider"},
     )
     assert config["name"] == "digits"
@@ -114,9 +115,9 @@ def test_regression_config_defaults() -> None:
     assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
     assert config["instance_group"] == [{"name": "houses", "kind": "KIND_CPU", "count": 1}]
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
-    assert model_config(MANIFESTS[1], max_batch_size=8, max_queue_delay_us=0, version_policy="all")[
-        "version_policy"
-    ] == {"all": {}}
+    every = VersionPolicy("all")
+    every_config = model_config(MANIFESTS[1], max_batch_size=8, max_queue_delay_us=0, version_policy=every)
+    assert every_config["version_policy"] == {"all": {}}
     assert "labels" not in config["parameters"]
 
 
@@ -174,7 +175,7 @@ def test_config_is_a_valid_triton_model_config(manifest: Manifest) -> None:
         max_batch_size=16,
         max_queue_delay_us=100,
         preferred_batch_sizes=[4, 16],
-        version_policy="1,2",
+        version_policy=VersionPolicy.parse("1,2"),
     )
     # Unknown field names or enum values raise here: the JSON is Triton's ModelConfig, field for field.
     message = json_format.ParseDict(orjson.loads(orjson.dumps(config)), pb2.ModelConfig())

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score
 
+from server.averaging import average
 from training.ensemble_predict import (
     average_predictions,
     classification_metrics,
@@ -26,8 +27,11 @@ def test_the_server_rule_is_reproduced_bit_for_bit() -> None:
     outs = [rng.random((50, 4)).astype(np.float32) for _ in range(5)]
     stacked = np.stack(outs)
     out = average_predictions(outs, "regression")
-    assert np.array_equal(out["prediction"], stacked.mean(axis=0))
-    assert np.array_equal(out["spread"], stacked.std(axis=0, ddof=0))
+    served = average(stacked, "regression")  # what server.ensemble answers
+    assert np.array_equal(out["prediction"], served["prediction"])
+    assert np.array_equal(out["spread"], served["spread"])
+    # float64 accumulation, rounded to float32 once (server.averaging)
+    assert np.array_equal(out["prediction"], stacked.mean(axis=0, dtype=np.float64).astype(np.float32))
     assert np.array_equal(
         average_predictions(outs[:1], "regression")["spread"], np.zeros((50, 4), np.float32)
     )

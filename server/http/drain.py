@@ -2,9 +2,10 @@
 
 uvicorn's own shutdown closes the listening socket at once, so a readiness probe would only see a refused
 connection and a load balancer could not tell "draining" from "dead". ``DrainingServer`` puts a drain phase in
-front of it: the first SIGTERM (or SIGINT) sets ``DrainState.draining``; ``DrainMiddleware`` then answers
-readiness probes 503 and every new POST 503 ``{"error"}`` with ``Connection: close``, while the requests
-already accepted run to the end. Once none is left (or ``drain_timeout_s`` passed) uvicorn's shutdown
+front of it: the first SIGTERM (or SIGINT) sets ``DrainState.draining`` (``server.lifecycle``, shared with the
+other transports); ``DrainMiddleware`` then answers readiness probes 503 and every new POST 503 ``{"error"}``
+(the one renderer, ``server.http.errors``) with ``Connection: close``, while the requests already accepted
+run to the end. Once none is left (or ``drain_timeout_s`` passed) uvicorn's shutdown
 runs with whatever time remains. A second signal skips the wait.
 """
 
@@ -16,40 +17,21 @@ import time
 from types import FrameType
 from typing import Any
 
-import orjson
 import uvicorn
+
+from server.http.errors import Send, send_error, send_reply
+from server.lifecycle import DrainState
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
+DRAINING = "The server is shutting down; send the request to another replica."
 
 # The drain lasts at least this long (or the whole drain timeout, if shorter), answering 503 meanwhile.
 # Closing the listening socket resets every connection the kernel accepted but uvicorn had not yet taken:
 # their requests were sent, and would get no answer at all. A second of 503s lets in-flight senders and
 # load balancers (readiness is false from the first moment) see the drain before the socket goes.
 MIN_DRAIN_S = 1.0
-
-
-class DrainState:
-    """Shared by the middleware (which counts requests) and the server (which decides when to stop)."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = 0  # HTTP requests let through and not yet answered
-        self.deadline: float | None = None  # time.monotonic() by which the process should be gone
-        self.started: float | None = None
-
-    def start(self, timeout_s: float) -> None:
-        if not self.draining:
-            self.draining = True
-            self.started = time.monotonic()
-            self.deadline = self.started + timeout_s
-
-    def remaining(self, default: float) -> float:
-        """Seconds left to the drain deadline, or `default` when not draining."""
-        if self.deadline is None:
-            return default
-        return max(0.0, self.deadline - time.monotonic())
 
 
 def _refused_while_draining(scope: Scope) -> bool:
@@ -78,20 +60,13 @@ class DrainMiddleware:
             self.state.in_flight -= 1
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Any) -> None:
+    async def _refuse(scope: Scope, send: Send) -> None:
+        # The client should not reuse this connection: the process is about to go away.
+        close = {"Connection": "close"}
         if scope["method"] == "GET":
-            body: dict[str, Any] = {"ready": False, "draining": True}
+            await send_reply(send, 503, b'{"ready":false,"draining":true}', "application/json", close)
         else:
-            body = {"error": "The server is shutting down; send the request to another replica."}
-        payload = orjson.dumps(body)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            # The client should not reuse this connection: the process is about to go away.
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+            await send_error(send, 503, DRAINING, close)
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,26 +1,33 @@
-"""API docs that work offline: Swagger UI (``/docs``) and ReDoc (``/redoc``) from packaged assets.
+"""The OpenAPI document, built from the route table, and API docs that work offline.
+
+Every route is answered from raw ASGI (``server.http.endpoint``), so FastAPI knows none of them: the
+document is written here from ``server.http.app.ROUTES`` (path, method, summary, tag) and the pydantic
+models below, which exist only to describe the bodies (the handlers read raw bytes: orjson, and Triton's
+binary tensors). This is the one description of the V2 and V1 bodies.
 
 FastAPI's default pages load their JavaScript from a CDN, which an air-gapped server cannot reach; the
 ``fastapi-offline`` wheel ships the same Swagger UI 5 and ReDoc bundles, served here under ``/docs-assets``.
-The inference handlers read raw bytes (orjson, and Triton's binary tensors), so FastAPI cannot infer their
-bodies; the pydantic models below exist only to describe those bodies in the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from server.protocol.model_input import CASTABLE
+from server.inputs import CASTABLE
+
+if TYPE_CHECKING:
+    from server.http.endpoint import Route
 
 log = logging.getLogger(__name__)
 ASSETS_URL = "/docs-assets"
@@ -116,53 +123,71 @@ _ERRORS = {
 }
 
 
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+MODELS = (V2InferenceRequest, V2InferenceResponse, V1PredictRequest, V1PredictResponse, ErrorBody)
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _describe(operation: dict[str, Any], request: type[BaseModel], response: type[BaseModel]) -> None:
-    content: dict[str, Any] = {"application/json": {"schema": _ref(request)}}
-    if request is V2InferenceRequest:
-        content["application/octet-stream"] = {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "Triton's binary tensor extension: a JSON header of `Inference-Header-Content-"
-            "Length` bytes (as in application/json), then each input's raw little-endian bytes.",
-        }
-    operation["requestBody"] = {"required": True, "content": content}
-    responses = {
-        "200": {"description": "Outputs", "content": {"application/json": {"schema": _ref(response)}}}
+def _operation(route: Route) -> dict[str, Any]:
+    path_id = re.sub(r"\W+", "_", route.path).strip("_")
+    op: dict[str, Any] = {
+        "tags": [route.tag],
+        "summary": route.summary,
+        "operationId": f"{route.handler.__name__}_{path_id}_{route.method.lower()}",
     }
-    for code, text in _ERRORS.items():
-        responses[code] = {"description": text, "content": {"application/json": {"schema": _ref(ErrorBody)}}}
-    operation["responses"] = responses
+    params = _PARAM.findall(route.path)
+    if params:
+        op["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+        ]
+    ok = {"description": "Successful Response", "content": {"application/json": {"schema": {}}}}
+    if route.response is not None:
+        ok["content"]["application/json"]["schema"] = _ref(route.response)
+    op["responses"] = {"200": ok}
+    if route.body is not None:
+        content: dict[str, Any] = {"application/json": {"schema": _ref(route.body)}}
+        if route.binary_body:
+            content["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Triton's binary tensor extension: a JSON header of `Inference-Header-Content-"
+                "Length` bytes (as in application/json), then each input's raw little-endian bytes.",
+            }
+        op["requestBody"] = {"required": True, "content": content}
+        for code, text in _ERRORS.items():
+            op["responses"][code] = {
+                "description": text,
+                "content": {"application/json": {"schema": _ref(ErrorBody)}},
+            }
+    return op
 
 
-def _openapi_with_bodies(app: FastAPI) -> dict[str, Any]:
+def openapi(app: FastAPI, routes: Sequence[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes` (cached on the app)."""
     if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, routes=app.routes, description=app.description
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        models = (V2InferenceRequest, V2InferenceResponse, V1PredictRequest, V1PredictResponse, ErrorBody)
-        for model in models:
+        paths: dict[str, dict[str, Any]] = {}
+        for route in routes:
+            paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        components: dict[str, Any] = {}
+        for model in MODELS:
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
-        for path, item in schema.get("paths", {}).items():
-            post = item.get("post")
-            if post is None:
-                continue
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                _describe(post, V2InferenceRequest, V2InferenceResponse)
-            elif path.startswith("/v1/models/") and path.endswith(":predict"):
-                _describe(post, V1PredictRequest, V1PredictResponse)
-        app.openapi_schema = schema
+        app.openapi_schema = {
+            "openapi": "3.1.0",
+            "info": {"title": app.title, "version": app.version},
+            "paths": paths,
+            "components": {"schemas": components},
+        }
     return app.openapi_schema
 
 
-def install_docs(app: FastAPI) -> None:
-    """Serve /docs and /redoc from local assets; `app` must be created with docs_url=redoc_url=None."""
-    app.openapi = lambda: _openapi_with_bodies(app)  # type: ignore[method-assign]
+def install_docs(app: FastAPI, routes: Sequence[Route]) -> None:
+    """Serve /openapi.json for `routes`, and /docs and /redoc from local assets; `app` must be created
+    with docs_url=redoc_url=None."""
+    app.openapi = lambda: openapi(app, routes)  # type: ignore[method-assign]
     assets = assets_dir()
     if assets is None:  # a trimmed install (e.g. the GPU check's wheel folder): /openapi.json only
         log.warning("fastapi-offline is not installed: /docs and /redoc are off (/openapi.json still served)")
