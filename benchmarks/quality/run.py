@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     supports_tables = ours.cli_has_flag("--categorical")
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
+    out_json = args.json or args.out / "quality.json"
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -139,16 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             except ours.ToolFailed as exc:
                 results.append({"table": name, "task": table.task, "error": str(exc)})
             print(report.one_line(results[-1]) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
-    meta = {
-        "extra_flags": extra,
-        "total_seconds": time.perf_counter() - started,
-        "resamples": scoring.RESAMPLES,
-    }
-    out_json = args.json or args.out / "quality.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float) + "\n")
-    if not args.no_report:
-        report.write(results, meta, args.out)
+            # Written after every table, so that an interrupted run still leaves what it measured.
+            meta = {"extra_flags": extra, "total_seconds": time.perf_counter() - started}
+            meta |= {"resamples": scoring.RESAMPLES, "tables_planned": names}
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(
+                json.dumps({"meta": meta, "results": results}, indent=1, default=float) + "\n"
+            )
+            if not args.no_report:
+                report.write(results, meta, args.out)
     return 0
 
 
