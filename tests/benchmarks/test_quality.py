@@ -126,6 +126,6 @@ def test_one_tiny_table_end_to_end_through_the_cli_and_the_server(tmp_path, monk
     line = report.one_line(result)
     assert line.strip().startswith("tiny accuracy:")
     md = report.markdown_table([result])
-    assert "| tiny | 2 classes |" in md
+    assert md.splitlines()[2].startswith("| tiny | 120/40 | 3 num, 0 cat | 2 |")
     report.plot([result], tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 0
