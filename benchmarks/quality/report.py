@@ -162,13 +162,22 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _load(results: list[dict[str, Any]]) -> str:
+    """The 1-minute load average around our trainings: the machine is shared, and times depend on it."""
+    loads = [r[k] for r in results for k in ("load_average_before", "load_average_after") if k in r]
+    if not loads:
+        return ""
+    return f" Load average (2 cores) around the trainings: {min(loads):.1f} to {max(loads):.1f}."
+
+
 def write(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot(results, out / "quality.png")
     block = (
         f"{BEGIN}\n{markdown_table(results)}\n![held-out scores](quality.png)\n\n"
         f"Flags given to ensemble-train beyond data/target/repository/name/ignore: "
-        f"{' '.join(meta['extra_flags']) or 'none'}. Whole run: {meta['total_seconds'] / 60:.1f} min.\n{END}"
+        f"{' '.join(meta['extra_flags']) or 'none'}. Whole run: {meta['total_seconds'] / 60:.1f} min."
+        f"{_load(results)}\n{END}"
     )
     md = out / "quality.md"
     text = md.read_text() if md.exists() else "# Quality: the default ensemble against simple baselines\n\n"
