@@ -19,8 +19,9 @@ MODELS = ("ours", "linear", "hgb")
 def _fmt(scores: dict[str, float] | None, metric: str) -> str:
     if not scores or metric not in scores:
         return "—"
-    digits = 3 if metric != "rmse" else 4
-    return f"{scores[metric]:.{digits}f} ± {scores[metric + '_se']:.{digits}f}"
+    if metric == "rmse":  # in the target's units, which range from 0.09 to 360 here
+        return f"{scores[metric]:.4g} ± {scores[metric + '_se']:.2g}"
+    return f"{scores[metric]:.3f} ± {scores[metric + '_se']:.3f}"
 
 
 def verdict(r: dict[str, Any]) -> str:
