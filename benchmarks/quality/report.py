@@ -14,6 +14,7 @@ from benchmarks.quality.scoring import METRICS
 
 BEGIN, END = "<!-- results: begin (written by make quality) -->", "<!-- results: end -->"
 MODELS = ("ours", "linear", "hgb")
+AXIS_FLOOR = -0.1  # the accuracy / R² difference plot's left edge
 
 
 def _fmt(scores: dict[str, float] | None, metric: str) -> str:
@@ -133,7 +134,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for y, r in zip(ys, done, strict=True):
         v = r["vs_best"]
         color = {"at or above": "tab:green", "within 1 SE": "tab:orange", "below": "tab:red"}[verdict(r)]
-        ax.errorbar(v["difference"], y, xerr=v["se"], fmt="o", color=color, capsize=3)
+        if v["difference"] < AXIS_FLOOR:  # far off the scale: an arrow at the edge with the value beside it
+            ax.plot(AXIS_FLOOR, y, marker="<", color=color, ms=9)
+            ax.annotate(
+                f"{v['difference']:+.2f}", (AXIS_FLOOR, y), xytext=(8, -4), textcoords="offset points"
+            )
+        else:
+            ax.errorbar(v["difference"], y, xerr=v["se"], fmt="o", color=color, capsize=3)
+    ax.set_xlim(left=AXIS_FLOOR * 1.05)
     ax.set_yticks(
         ys,
         [
