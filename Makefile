@@ -59,8 +59,9 @@ gpu-check:
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-# The quality benchmark (about 20 minutes on 2 cores): the default ensemble, trained with the CLI and scored
-# through the server, against scikit-learn baselines on tables that statsmodels, ISLP and vega_datasets ship.
+# The quality benchmark (21 minutes on a busy 2-core machine): the default ensemble, trained with the CLI and
+# scored through the server, against scikit-learn baselines on tables that statsmodels, ISLP and
+# vega_datasets ship.
 # Writes docs/quality.md/.json/.png. QUALITY_ARGS=--tables auto,fair runs a subset.
 quality: install
 	$(BIN)/python -m pip install -q -e '.[quality]'
