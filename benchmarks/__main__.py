@@ -25,6 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "benchmarks.observability_bench",
         "the request log's and tracing's cost per request (the hook alone, or whole apps in process)",
     ),
+    "quality": (
+        "benchmarks.quality.run",
+        "`make quality`: default ensembles against scikit-learn baselines",
+    ),
+    "scaling": ("benchmarks.scaling", "req/s and CPU per request for --workers 1..N"),
+    "grpc": ("benchmarks.grpc_bench", "perf_analyzer -i grpc cells beside HTTP"),
+    "connections": ("benchmarks.connection_overhead", "the connection limits' CPU per request, in process"),
     "asgi-load": ("benchmarks.experiments.asgi_load", "experiment: CPU per request of the app, no sockets"),
     "protocol": ("benchmarks.experiments.protocol_bench", "experiment: V2 JSON against binary codec costs"),
     "serve-latency": ("benchmarks.experiments.serve_latency", "experiment: single-row latency, V2 JSON"),
