@@ -137,13 +137,11 @@ class DataPlane:
             manifest = sv.manifest
             request = await decode(manifest, max(0.0, deadline - time.perf_counter()))
             x = model_input(request, manifest.input, self.settings.allow_nonfinite)
-            names = request.output_names([o.name for o in manifest.outputs])
+            types = sv.output_types
+            names = request.output_names(types)
             results = await sv.batcher.submit(x, deadline)
-            outputs = []
-            for out in names:
-                array = results[out]
-                outputs.append(OutputTensor(out, manifest.output(out).datatype, array.shape, array))
-            response = InferenceResponse(sv.name, str(sv.version), request.id, tuple(outputs))
+            outputs = tuple([OutputTensor(out, types[out], (a := results[out]).shape, a) for out in names])
+            response = InferenceResponse(sv.name, sv.version_label, request.id, outputs)
             return encode(manifest, request, response)
         except ServerError as exc:
             outcome = str(exc.status_code)
@@ -157,7 +155,7 @@ class DataPlane:
             m.requests(protocol, outcome).inc()
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)
-            self.metrics.stats.record_request(sv.name, str(sv.version), outcome == "ok", elapsed)
+            self.metrics.stats.record_request(sv.name, sv.version_label, outcome == "ok", elapsed)
 
     # ------------------------------------------------------------------------------------ health
     def server_live(self) -> bool:

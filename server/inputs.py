@@ -6,6 +6,8 @@ models take one ``[-1, F]`` FP32 input (``manifest.input``); numeric datatypes a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from server.errors import BadRequest
@@ -38,6 +40,9 @@ def model_input(request: InferenceRequest, spec: InputSpec, allow_nonfinite: boo
     return check_features(tensor.data, spec.shape[1], allow_nonfinite)
 
 
+_SUM = np.add.reduce  # the ufunc itself: ndarray.sum() goes through a Python wrapper first
+
+
 def check_features(x: np.ndarray, n_features: int, allow_nonfinite: bool) -> np.ndarray:
     """Check a ``[rows, features]`` matrix against the model; returns it as C-contiguous float32."""
     if x.ndim != 2:
@@ -50,6 +55,8 @@ def check_features(x: np.ndarray, n_features: int, allow_nonfinite: bool) -> np.
         # Cast first: a finite float64 such as 1e300 becomes inf in float32.
         with np.errstate(over="ignore"):
             x = np.ascontiguousarray(x, dtype=np.float32)
-    if not allow_nonfinite and not np.isfinite(x).all():
+    # A finite sum means every value is finite (NaN and infinities propagate): one reduction, no temporary,
+    # on the hot path; only a sum that overflowed (or a bad value) pays for the exact check.
+    if not allow_nonfinite and not math.isfinite(_SUM(x, axis=None, dtype=np.float64)) and not np.isfinite(x).all():
         raise BadRequest("The input contains NaN or infinite values (or values too large for FP32).")
     return x

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from server.batching import Batcher
@@ -32,6 +33,15 @@ class ServedVersion:
     metrics: ModelMetrics | None = None  # this version's bound metric series, set by start()
     active: int = 0  # requests that looked this version up and are not answered yet
     _drained: asyncio.Event | None = field(default=None, init=False, repr=False)  # set by the last leave()
+
+    @cached_property
+    def output_types(self) -> dict[str, str]:
+        """Output name -> V2 datatype, in the manifest's order (read on every request)."""
+        return {o.name: o.datatype for o in self.manifest.outputs}
+
+    @cached_property
+    def version_label(self) -> str:
+        return str(self.version)
 
     @property
     def info_labels(self) -> tuple[str, ...]:
