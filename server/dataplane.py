@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import onnxruntime as ort
@@ -139,7 +139,11 @@ class DataPlane:
             x = model_input(request, manifest.input, self.settings.allow_nonfinite)
             types = sv.output_types
             names = request.output_names(types)
-            results = await sv.batcher.submit(x, deadline)
+            if request.parameters:
+                deadline, level = self._scheduling(request.parameters, start, deadline)
+            else:
+                level = self.settings.default_priority_level - 1
+            results = await sv.batcher.submit(x, deadline, level)
             outputs = tuple([OutputTensor(out, types[out], (a := results[out]).shape, a) for out in names])
             response = InferenceResponse(sv.name, sv.version_label, request.id, outputs)
             return encode(manifest, request, response)
@@ -156,6 +160,26 @@ class DataPlane:
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)
             self.metrics.stats.record_request(sv.name, sv.version_label, outcome == "ok", elapsed)
+
+    def _scheduling(self, parameters: Mapping[str, Any], start: float, deadline: float) -> tuple[float, int]:
+        """The request's deadline and batch-queue level (0 first) from its ``timeout`` and ``priority``.
+
+        Triton's semantics: ``timeout`` is in microseconds and only shortens the server's own deadline
+        (0: none of its own); ``priority`` 1 is served first, higher numbers later, 0 is the default
+        level. Both are unsigned integers; anything else is a 400."""
+        timeout = parameters.get("timeout")
+        if timeout is not None:
+            if type(timeout) is not int or timeout < 0:
+                raise BadRequest("The request parameter 'timeout' must be a whole number of microseconds.")
+            if timeout:
+                deadline = min(deadline, start + timeout / 1e6)
+        levels, priority = self.settings.priority_levels, parameters.get("priority", 0)
+        if type(priority) is not int or not 0 <= priority <= levels:
+            raise BadRequest(
+                f"The request parameter 'priority' must be 0 (the default level) or a level from 1 (first) "
+                f"to {levels}."
+            )
+        return deadline, (priority or self.settings.default_priority_level) - 1
 
     # ------------------------------------------------------------------------------------ health
     def server_live(self) -> bool:
@@ -220,6 +244,8 @@ class DataPlane:
             instance_kind="KIND_GPU" if e.info.provider in GPU_PROVIDERS else "KIND_CPU",
             gpu_device_id=s.gpu_device_id,
             version_policy=s.version_policy,
+            priority_levels=s.priority_levels,
+            default_priority_level=s.default_priority_level,
             parameters={
                 "provider": e.info.provider,
                 "device": e.info.device,

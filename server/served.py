@@ -55,12 +55,18 @@ class ServedVersion:
             return
         labels = (self.name, str(self.version))
         self.metrics = metrics.model(*labels)
+        e = self.ensemble
+        timing = e.timings.get(e.execution)
         self.batcher = Batcher(
-            self.ensemble.predict,
+            e.predict,
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             max_queue_rows=settings.max_queue_size,
             max_request_rows=settings.max_request_rows,
+            priority_levels=settings.priority_levels,
+            inline_max_rows=settings.inline_max_rows,
+            # The warm-up timed the largest batch: the throughput admission assumes until batches run.
+            seed_rate=(settings.max_batch_size, timing.batch_max_s) if timing else None,
             metrics=metrics,
             labels=labels,
         )

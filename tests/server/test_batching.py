@@ -192,8 +192,8 @@ def test_a_dead_request_at_the_head_never_lets_a_batch_exceed_max_batch_size() -
         b = make(Recorder(), max_batch_size=4)
         first, dead, big = (_Item(rows(i, n), loop.create_future()) for i, n in ((0, 2), (10, 1), (20, 3)))
         dead.future.cancel()  # timed out in the same turn that the worker assembles the batch
-        b._queue.extend([dead, big])
-        b._queued_rows = 4
+        b._queues[0].extend([dead, big])
+        b._set_depth(0, 4)
         batch = [first]
         taken = b._take_more(batch, 2)
         return taken, len(batch), b.queued_rows
