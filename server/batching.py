@@ -102,7 +102,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._busy = False
-        self._idle = True  # the worker waits for work with nothing in hand (no batch being assembled)
+        self._idle = False  # True while the worker waits for work with nothing in hand
         self._worker: asyncio.Task[None] | None = None
         # One thread per model version: its batches run in order, and the event loop never blocks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{labels[0]}")

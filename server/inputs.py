@@ -57,6 +57,7 @@ def check_features(x: np.ndarray, n_features: int, allow_nonfinite: bool) -> np.
             x = np.ascontiguousarray(x, dtype=np.float32)
     # A finite sum means every value is finite (NaN and infinities propagate): one reduction, no temporary,
     # on the hot path; only a sum that overflowed (or a bad value) pays for the exact check.
-    if not allow_nonfinite and not math.isfinite(_SUM(x, axis=None, dtype=np.float64)) and not np.isfinite(x).all():
+    finite_sum = math.isfinite(_SUM(x, axis=None, dtype=np.float64))
+    if not allow_nonfinite and not finite_sum and not np.isfinite(x).all():
         raise BadRequest("The input contains NaN or infinite values (or values too large for FP32).")
     return x
