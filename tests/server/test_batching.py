@@ -321,3 +321,25 @@ def test_inline_run_counts_in_the_metrics_and_the_throughput() -> None:
     assert metrics.registry.get_sample_value("ensemble_inferred_rows_total", labels) == 3
     assert metrics.registry.get_sample_value("ensemble_batch_size_count", labels) == 1
     assert b.rows_per_s is not None and b.rows_per_s > 0
+
+
+def test_64_clients_of_256_rows_queue_and_are_answered_with_the_default_settings() -> None:
+    """Issue 13: the old fixed 4,096-row bound refused most of these; admission by time lets them queue."""
+    from server.settings import Settings
+
+    settings = Settings()
+    rec = Recorder(delay_s=0.001)
+
+    async def main() -> list[Outputs]:
+        b = make(rec, max_batch_size=settings.max_batch_size, max_queue_rows=settings.max_queue_size,
+                 max_request_rows=settings.max_request_rows, seed_rate=(256, 0.003))  # fmt: skip
+        b.start()
+        deadline = time.perf_counter() + settings.request_timeout_s
+        outs = await asyncio.gather(*(b.submit(rows(256 * i, 256), deadline) for i in range(64)))
+        await b.close()
+        return outs
+
+    outs = asyncio.run(main())
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["double"], rows(256 * i, 256) * 2)
+    assert sum(rec.batches) == 64 * 256
