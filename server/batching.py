@@ -5,8 +5,9 @@ One worker task per model version takes the first waiting request and every requ
 after the first request arrived, for more. Each batch costs one hop to the inference thread.
 
 - **A lone request runs inline.** When a small request (at most ``inline_max_rows`` rows) finds the model
-  idle, it yields to the event loop once (so that requests already arriving can queue behind it) and, still
-  alone, runs on the event loop itself: no hop to the inference thread and back. The loop is blocked for
+  idle while recent batches were single requests (one client at a time), it yields to the event loop once
+  (so that requests already arriving can queue behind it) and, still alone, runs on the event loop itself:
+  no hop to the inference thread and back. The loop is blocked for
   that one small run, which other connections would otherwise have waited for on the inference thread
   anyway (measured in docs/performance.md). Under load the queue is never empty and batches form as before.
 - **Priorities** (Triton's): level 0 is served first; each level has its own queue, and a batch takes the
@@ -38,8 +39,10 @@ from server.metrics import Metrics
 
 Outputs = dict[str, np.ndarray]
 InferFn = Callable[[np.ndarray], Outputs]
-# Weight of each batch in the throughput average: about the last ten batches count.
+# Weight of each batch in the running averages (throughput, requests per batch): about the last ten count.
 RATE_ALPHA = 0.1
+# Inline runs only while recent batches averaged fewer requests than this (1: every batch was alone).
+INLINE_BELOW_REQUESTS = 1.5
 
 
 class _Item:
@@ -103,6 +106,10 @@ class Batcher:
         self._closed = False
         self._busy = False
         self._idle = False  # True while the worker waits for work with nothing in hand
+        # Requests per batch, averaged: an idle moment under load (the last batch just answered, the next
+        # requests still on their way) must not send requests inline one by one, which would stop batching.
+        self._avg_requests = 1.0
+        self.inline_runs = 0
         self._worker: asyncio.Task[None] | None = None
         # One thread per model version: its batches run in order, and the event loop never blocks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{labels[0]}")
@@ -119,6 +126,11 @@ class Batcher:
     def rows_per_s(self) -> float | None:
         """The measured throughput (None before any batch, without a seed)."""
         return self._avg_rows / self._avg_s if self._avg_s > 0 else None
+
+    @property
+    def _alone(self) -> bool:
+        """Recent batches were single requests: the traffic is one client at a time."""
+        return self._avg_requests < INLINE_BELOW_REQUESTS
 
     def start(self) -> None:
         freeze_loaded_objects()
@@ -138,7 +150,7 @@ class Batcher:
         item = _Item(x, loop.create_future(), level)
         self._queues[level].append(item)
         self._set_depth(level, rows)
-        if rows <= self.inline_max_rows and self._idle and self._queued_rows == rows:
+        if rows <= self.inline_max_rows and self._alone and self._idle and self._queued_rows == rows:
             try:
                 # Yield once: requests that arrived with this one queue now, and then it is not alone.
                 await asyncio.sleep(0)
@@ -206,6 +218,7 @@ class Batcher:
             out = self.infer(item.x)
         finally:
             self._busy = False
+        self.inline_runs += 1
         self._record(start, (item.enqueued,), len(item.x))
         return out
 
@@ -298,11 +311,12 @@ class Batcher:
     def _record(self, start: float, enqueued: Iterable[float], rows: int) -> None:
         """One batch's throughput sample and metrics (`enqueued`: when each of its requests queued)."""
         compute_s = time.perf_counter() - start
+        waits = [start - t for t in enqueued]
+        self._avg_requests += RATE_ALPHA * (len(waits) - self._avg_requests)
         self._avg_rows += RATE_ALPHA * (rows - self._avg_rows)
         self._avg_s += RATE_ALPHA * (compute_s - self._avg_s)
         if self.metrics and self._m is not None:
             m, lab = self._m, self.labels
-            waits = [start - t for t in enqueued]
             m.compute_duration.observe(compute_s)
             self.metrics.stats.record_batch(*lab, waits, compute_s, rows)
             m.batch_size.observe(rows)
