@@ -69,11 +69,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ENSEMBLE_HOST=0.0.0.0 \
     ENSEMBLE_PORT=8000 \
-    ENSEMBLE_MODEL_REPOSITORY=/models
+    ENSEMBLE_GRPC_PORT=8001 \
+    ENSEMBLE_MODEL_REPOSITORY=/models \
+    ENSEMBLE_WORKERS=auto
 VOLUME ["/models"]
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
+# gRPC (Triton's GRPCInferenceService and grpc.health.v1), as Triton's port.
+EXPOSE 8001
 # Python rather than curl: the image has no curl. urlopen raises (exit 1) on anything but a 2xx.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('ENSEMBLE_PORT', '8000') + '/v2/health/ready', timeout=4)"]

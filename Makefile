@@ -9,7 +9,7 @@ MODEL ?= digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train serve test lint format clean gpu-check image-test bench
+.PHONY: install run train serve test lint format clean gpu-check image-test bench bench-compare grpc-gen quality
 
 # The stamp is rebuilt when pyproject.toml changes. torch is installed first and pinned so that no other
 # package can pull a CUDA build of it.
@@ -56,5 +56,22 @@ gpu-check:
 
 # The benchmark harness (about 10 minutes, needs `wrk`): our server against onnxruntime in process, a minimal
 # ASGI app and a FastAPI baseline. Writes docs/benchmarks.md/.json/.png. BENCH_ARGS=--use-trained serves digits.
+# Every other benchmark and experiment: `python -m benchmarks` lists them; `make bench-compare REVS="a=REV b=REV"`.
 bench: install
-	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks run $(BENCH_ARGS)
+
+bench-compare: install
+	$(BIN)/python -m benchmarks compare $(REVS) $(BENCH_ARGS)
+
+# Regenerate server/grpc/generated/ from the .proto files in server/grpc/protos/ (grpcio-tools, dev).
+grpc-gen: install
+	$(BIN)/python server/grpc/protos/generate.py
+
+# The quality benchmark (about 20 minutes on 2 cores): the default ensemble, trained with the CLI and
+# scored through the server, against scikit-learn baselines on tables that statsmodels, ISLP and
+# vega_datasets ship.
+# Writes docs/quality.md/.json/.png. QUALITY_ARGS=--tables auto,fair runs a subset.
+quality: install
+	$(BIN)/python -m pip install -q -e '.[quality]'
+	$(BIN)/python -m pip install -q --no-deps 'ISLP==0.6.0'
+	$(BIN)/python -m benchmarks quality $(QUALITY_ARGS)

@@ -5,28 +5,30 @@ the same (shared, noisy) cores. Each revision's ``server`` package is extracted 
 working tree is not touched), every one is started on the same model repository, and each cell runs
 round-robin across them (order reversed on each repeat); medians are printed as a markdown table.
 
-    python -m benchmarks.compare before=fb88fed fastpath=51ca385 final=HEAD \\
+    python -m benchmarks compare before=fb88fed fastpath=51ca385 final=HEAD \\
         [--cells v1:1:64,v2bin:1:64] [--seconds 3] [--repeats 3] [--json out.json]
+
+A variant may also differ by settings alone: ``--env NAME:VAR=VALUE`` (repeatable) sets an environment
+variable for that variant's server only, e.g. ``off=HEAD full=HEAD --env full:ENSEMBLE_REQUEST_LOG=full``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import payloads, processes
-from benchmarks.bench_model import build_repository
+from benchmarks import payloads
 from benchmarks.wrk_runner import Payload, run_wrk, wrk_path
 from server.manifest import read_manifest
+from testing.server_process import HOST, ServerProcess, wait_idle
+from testing.stand_ins import BENCH_MODEL, bench_version
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CELLS = "v1:1:64,v2json:1:64,v2bin:1:64,v2bin:1:1,v2bin:256:1"
@@ -49,6 +51,20 @@ def parse_cells(text: str) -> list[tuple[str, int, int]]:
             raise SystemExit(f"unknown protocol {protocol!r}: use one of {', '.join(payloads.PROTOCOLS)}")
         cells.append((protocol, int(rows), int(conc)))
     return cells
+
+
+def parse_env(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    """``NAME:VAR=VALUE`` items -> {variant name: {VAR: VALUE}}; an unknown variant name is an error."""
+    env: dict[str, dict[str, str]] = {name: {} for name in names}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not sep or not eq or not var:
+            raise SystemExit(f"--env {item!r}: use NAME:VAR=VALUE")
+        if name not in env:
+            raise SystemExit(f"--env {item!r}: no variant named {name!r}")
+        env[name][var] = value
+    return env
 
 
 def table(variants: list[str], cells: list[tuple[str, int, int]], runs: list[dict[str, Any]]) -> str:
@@ -90,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also save the raw runs here")
+    parser.add_argument("--env", action="append", default=[], help="NAME:VAR=VALUE for one variant's server")
     args = parser.parse_args(argv)
     if wrk_path() is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -99,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         print("variants are NAME=GIT_REV", file=sys.stderr)
         return 2
     cells = parse_cells(args.cells)
+    env = parse_env(args.env, [name for name, _ in variants])
     work = Path(tempfile.mkdtemp(prefix="compare-"))
-    services: dict[str, processes.Service] = {}
+    services: dict[str, ServerProcess] = {}
     runs: list[dict[str, Any]] = []
     try:
-        version_dir = build_repository(work / "repository")
+        version_dir = bench_version(work / "repository")
         manifest = read_manifest(version_dir)
         pre = manifest.preprocessing
         mean = pre.mean if pre else [0.0] * manifest.inputs[0].shape[1]
@@ -119,25 +137,26 @@ def main(argv: list[str] | None = None) -> int:
         for name, rev in variants:
             tree = work / f"tree-{name}"
             extract(rev, tree)
-            port = processes.free_port()
-            argv_srv = [sys.executable, "-m", "server", "--model-repository", str(work / "repository"),
-                        "--host", processes.HOST, "--port", str(port), "--log-level", "warning"]  # fmt: skip
-            service = start_with_path(name, argv_srv, work / f"{name}.log", tree, port)
+            # The variant's tree first on PYTHONPATH (and as the working folder): its `server` is the one run.
+            service = ServerProcess(
+                work / "repository", env[name], work / f"{name}.log",
+                args=["--host", HOST, "--log-level", "warning"], pythonpath=tree, name=name,
+            )  # fmt: skip
             services[name] = service
-            if not processes.wait_ready(service, "/v2/health/ready", 60):
+            if not service.wait_ready("/v2/health/ready", 60):
                 raise RuntimeError(f"{name} ({rev}) did not become ready: see {service.log}")
             print(f"{name} ({rev}): ready in {service.ready_seconds:.2f} s", flush=True)
         names = [name for name, _ in variants]
         warm = bodies_v1(work, manifest)
         for name in names:
-            run_wrk(services[name].base_url + payloads.url_path("v1", "bench"), warm, 16, 1)
+            run_wrk(services[name].url + payloads.url_path("v1", BENCH_MODEL), warm, 16, 1)
         for repeat in range(args.repeats):
             for protocol, rows, conc in cells:
                 for name in names if repeat % 2 == 0 else names[::-1]:
                     service = services[name]
-                    url = service.base_url + payloads.url_path(protocol, "bench")
+                    url = service.url + payloads.url_path(protocol, BENCH_MODEL)
                     result = run_wrk(url, bodies[(protocol, rows)], conc, args.seconds)
-                    processes.wait_idle(service.process.pid)
+                    wait_idle(service.proc.pid)
                     run = {"variant": name, "protocol": protocol, "rows": rows, "concurrency": conc,
                            "repeat": repeat, "rps": result.rps, "p50_ms": result.p50_ms,
                            "p99_ms": result.p99_ms, "errors": result.errors}  # fmt: skip
@@ -149,16 +168,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
     finally:
         for service in services.values():
-            processes.stop(service)
+            service.stop(5)
         shutil.rmtree(work, ignore_errors=True)
     names = [name for name, _ in variants]
     print()
-    revisions = ", ".join(f"{n} = {r}" for n, r in variants)
+    revisions = ", ".join(f"{n} = {r}" + "".join(f" {k}={v}" for k, v in env[n].items()) for n, r in variants)
     print(f"Revisions: {revisions}; {args.repeats} x {args.seconds:g} s per cell.")
     print()
     print(table(names, cells, runs))
     if args.json:
-        args.json.write_text(json.dumps({"variants": dict(variants), "runs": runs}, indent=1) + "\n")
+        saved = {"variants": dict(variants), "env": env, "runs": runs}
+        args.json.write_text(json.dumps(saved, indent=1) + "\n")
     return 0
 
 
@@ -168,17 +188,6 @@ def bodies_v1(work: Path, manifest: Any) -> Payload:
     std = pre.std if pre else [1.0] * len(mean)
     x = payloads.rows_for(mean, std, 1)
     return payloads.write_payload(work, "v1", x, manifest.inputs[0].name, [o.name for o in manifest.outputs])
-
-
-def start_with_path(name: str, argv: list[str], log: Path, tree: Path, port: int) -> processes.Service:
-    """Like processes.start, but with `tree` (the variant's code) as the only entry on PYTHONPATH."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    started_at = time.perf_counter()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tree, start_new_session=True
-        )
-    return processes.Service(name, process, port, log, started_at=started_at)
 
 
 if __name__ == "__main__":

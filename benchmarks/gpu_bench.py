@@ -2,20 +2,21 @@
 
 Builds a synthetic ensemble shaped like the default model (5 BatchNorm-MLP-sized members, 64 features,
 10 classes), runs each provider on the same inputs, checks they agree, and prints one markdown table of
-median milliseconds per call and rows/s. Run by `make gpu-check`; installs nothing.
+median milliseconds per call and rows/s. Run by `make gpu-check` (`python -m benchmarks gpu`); installs
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+
+from testing.members import member_graph, random_weights
 
 N_FEATURES, HIDDEN, N_CLASSES, MEMBERS = 64, 256, 10, 5
 
@@ -23,30 +24,7 @@ N_FEATURES, HIDDEN, N_CLASSES, MEMBERS = 64, 256, 10, 5
 def mlp_member(seed: int) -> onnx.ModelProto:
     """A 3-layer MLP with softmax: the inference-time shape of a trained BatchNorm MLP (BN folded)."""
     rng = np.random.default_rng(seed)
-    dims = [N_FEATURES, HIDDEN, HIDDEN, N_CLASSES]
-    inits, nodes, prev = [], [], "input"
-    for i, (a, b) in enumerate(itertools.pairwise(dims)):
-        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
-        ]
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"]))
-        prev = f"h{i}"
-        if i < len(dims) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
-            prev = f"r{i}"
-    nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        f"member{seed}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", N_CLASSES])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # onnx writes its newest IR version; onnxruntime reads up to its own
-    return model
+    return member_graph(random_weights(rng, [N_FEATURES, HIDDEN, HIDDEN, N_CLASSES]), "classification")
 
 
 def sessions(provider: str) -> list[ort.InferenceSession]:
@@ -79,11 +57,11 @@ def median_ms(members: list[ort.InferenceSession], x: np.ndarray, seconds: float
     return statistics.median(times) * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.0, help="time per cell")
     parser.add_argument("--batches", default="1,64,256,1024,8192")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     available = ort.get_available_providers()
     print(f"onnxruntime {ort.__version__}; available providers: {available}")
     wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]

@@ -28,5 +28,5 @@ print("available providers:", ort.get_available_providers())
 PY
 status=0
 timeout 240 "$PYTHON" -m pytest -p no:cacheprovider -m gpu -q -rA tests/gpu || status=$?
-timeout 120 "$PYTHON" benchmarks/gpu_bench.py --seconds "${BENCH_SECONDS:-1}" || status=$?
+timeout 120 "$PYTHON" -m benchmarks gpu --seconds "${BENCH_SECONDS:-1}" || status=$?
 exit $status

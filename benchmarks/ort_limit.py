@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.bench_model import fuse_members
+from testing.members import fuse_members
 
 MODES = ("fused", "per-member")
 

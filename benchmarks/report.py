@@ -170,7 +170,7 @@ def markdown(results: dict[str, Any]) -> str:
     cells = medians(results["http"])
     ort = ort_medians(results["ort"])
     ours = results["services"].get("ours", {})
-    command = " ".join(["python -m benchmarks.run", *results["argv"]])
+    command = " ".join(["python -m benchmarks run", *results["argv"]])
     lines = [
         "# Benchmarks",
         "",
@@ -187,8 +187,8 @@ def markdown(results: dict[str, Any]) -> str:
         " keep-alive connections = concurrency) on the same cores. Cells run round-robin across systems"
         " (order reversed on each repeat) so drift hits all alike; each cell ran"
         f" {results['seconds']:g} s, {results['repeats']} time(s); the tables give medians.",
-        "Figures move by up to 40% between runs on this machine: compare ratios within one run, not absolute"
-        " figures across runs.",
+        "Figures move between runs on shared cores: compare ratios within one run, not absolute figures"
+        " across runs.",
         "",
         "## Verdict against the targets (issue 8)",
         "",
@@ -245,6 +245,7 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {_num(cell['rows_s'])} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['errors']}"
             f" | {' | '.join(v or '-' for v in shares)} |"
         )
+    lines += grpc_section(results, cells)
     lines += [
         "",
         "## Start-up and memory",
@@ -272,6 +273,10 @@ def markdown(results: dict[str, Any]) -> str:
         secs = "-" if item.get("seconds") is None else f"{item['seconds']:.1f}"
         lines.append(f"| `{item['command']}` | {secs} | {item['outcome']} |")
     lines += ["", "![throughput and p99 against concurrency](benchmarks.png)", ""]
+    if results.get("scaling"):  # benchmarks/scaling.py: --workers 1..N
+        from benchmarks.scaling import markdown as scaling_markdown
+
+        lines += [*scaling_markdown(results["scaling"], results["machine"]), ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in results.get("notes", [])]
     lines += [
         "- What each change to our server's hot path bought, measured side by side:"
@@ -279,6 +284,35 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def grpc_section(results: dict[str, Any], http: dict[Key, Cell]) -> list[str]:
+    """The gRPC cells (perf_analyzer -i grpc, benchmarks.grpc_bench) beside V2 binary over HTTP."""
+    cells = medians(results.get("grpc", []))
+    if not cells:
+        return []
+    lines = [
+        "",
+        "## gRPC: requests/s, rows/s and latency (perf_analyzer -i grpc)",
+        "",
+        "perf_analyzer (C++, like wrk) sends raw FP32 tensors (`raw_input_contents`); its latency is from"
+        " send to answer. HTTP V2 binary (wrk) of the same rows and concurrency beside it.",
+        "",
+        "| rows | conc. | gRPC req/s | rows/s | p50 ms | p99 ms | V2 binary req/s | V2 binary p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(cells, key=lambda k: (k[2], k[3])):
+        _, _, rows, conc = key
+        cell, other = cells[key], http.get(("ours", "v2bin", rows, conc), {})
+        if "rps" not in cell:
+            lines.append(f"| {rows} | {conc} | {cell['note'] or 'failed'} | | | | | |")
+            continue
+        beside = [_num(other["rps"]), f"{other['p99_ms']:.2f}"] if "rps" in other else ["-", "-"]
+        lines.append(
+            f"| {rows} | {conc} | {_num(cell['rps'])} | {_num(cell['rows_s'])} | {cell['p50_ms']:.2f}"
+            f" | {cell['p99_ms']:.2f} | {' | '.join(beside)} |"
+        )
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

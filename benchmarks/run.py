@@ -5,7 +5,7 @@ FastAPI baseline and our server (when `server.http.app` exists and becomes ready
 start-up time, memory after warm-up and after a soak, and the training commands' times. Writes
 docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png.
 
-    python -m benchmarks.run [--use-trained] [--seconds 5] [--repeats 2] [--quick] [--out docs]
+    python -m benchmarks run [--use-trained] [--seconds 5] [--repeats 2] [--quick] [--out docs]
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ort_limit, payloads, processes, report, soak
-from benchmarks.bench_model import build_repository
+from benchmarks import grpc_bench, ort_limit, payloads, report, scaling, soak
 from benchmarks.wrk_runner import Payload, run_wrk, wrk_path
 from server.manifest import read_manifest
+from testing.server_process import HOST, Process, ServerProcess, rss_bytes, uvicorn_process, wait_idle
+from testing.stand_ins import bench_version
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
@@ -113,12 +116,24 @@ def measure_ort(version_dir: Path, batches: tuple[int, ...], seconds: float, rep
     return out
 
 
-def check_payload(service: processes.Service, path: str, payload: Payload) -> str | None:
+def post_once(url: str, body: bytes, headers: dict[str, str], timeout_s: float = 10) -> tuple[int, bytes]:
+    """One request (to check a payload is accepted before loading a cell with it)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc).encode()
+
+
+def check_payload(service: Process, path: str, payload: Payload) -> str | None:
     """None when one request with this payload gets a 200, else why not (so a cell is not 100% errors)."""
     headers = {"Content-Type": payload.content_type}
     if payload.header_length is not None:
         headers["Inference-Header-Content-Length"] = str(payload.header_length)
-    status, body = processes.post_once(service.base_url + path, payload.body_file.read_bytes(), headers)
+    status, body = post_once(service.url + path, payload.body_file.read_bytes(), headers)
     return None if status == 200 else f"HTTP {status}: {body[:160].decode(errors='replace')}"
 
 
@@ -195,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", help="measure only the cells matching protocol:rows:concurrency patterns, e.g. v2bin:*:64"
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the soak (for quick experiments)")
+    parser.add_argument(
+        "--scaling-workers", help="worker counts of the scaling table, e.g. 1,2,4 (default 1, 2, 4 ... CPUs)"
+    )
+    parser.add_argument("--no-scaling", action="store_true", help="skip the worker scaling table")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.soak_requests, args.soak_seconds = 1.0, 1, 500, 3.0
@@ -204,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    services: dict[str, processes.Service] = {}
+    services: dict[str, Process] = {}
     results: dict[str, Any] = {
         "argv": sys.argv[1:] if argv is None else argv,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -214,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "services": {},
         "http": [],
+        "grpc": [],
         "notes": [
             "The FastAPI baseline uses onnxruntime's default session options (a typical service sets none)"
             " and runs its 5 member sessions one after another in a sync handler; access logs are off for it"
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             repository, model = work / "repository", "bench"
             print("building the benchmark model repository (5 random BatchNorm MLPs)...", flush=True)
-            version_dir = build_repository(repository)
+            version_dir = bench_version(repository)
         manifest = read_manifest(version_dir)
         results.setdefault(
             "model",
@@ -267,18 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         info: dict[str, Any] = {"available": False}
         why = server_available()
         if why is None:
-            port = processes.free_port()
-            argv_ours = [sys.executable, "-m", "server", "--model-repository", str(repository)]
-            service = processes.start(
-                "ours", [*argv_ours, "--host", processes.HOST, "--port", str(port)], work / "ours.log"
-            )
+            service = ServerProcess(repository, {}, work / "ours.log", args=["--host", HOST], name="ours")
             services["ours"] = service
-            if processes.wait_ready(service, "/v2/health/ready", READY_TIMEOUT_S):
+            if service.wait_ready("/v2/health/ready", READY_TIMEOUT_S):
                 info.update(available=True, ready_seconds=service.ready_seconds)
             else:
-                tail = service.log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                tail = service.log_tail().strip().splitlines()[-1:] or ["no output"]
                 why = f"not ready within {READY_TIMEOUT_S:.0f} s: {tail[0][:160]}"
-                processes.stop(services.pop("ours"))
+                services.pop("ours").stop(5)
         if why is not None:
             info["note"] = why
             print(f"our server: not available ({why})", flush=True)
@@ -287,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             ("asgi", "benchmarks.minimal_asgi:app", ["--loop", "uvloop", "--http", "httptools"]),
             ("baseline", "benchmarks.baseline_fastapi:app", []),
         ):
-            argv_svc = processes.uvicorn_argv(app, processes.free_port(), *extra)
             env = {"BASELINE_MODEL_DIR": str(version_dir)}
-            services[name] = processes.start(name, argv_svc, work / f"{name}.log", env)
+            services[name] = uvicorn_process(app, work / f"{name}.log", *extra, env=env)
         for name, ready_path in (("asgi", "/"), ("baseline", "/ready")):
-            ok = processes.wait_ready(services[name], ready_path, READY_TIMEOUT_S)
+            ok = services[name].wait_ready(ready_path, READY_TIMEOUT_S)
             results["services"][name] = {"available": ok, "ready_seconds": services[name].ready_seconds}
             if not ok:
                 raise RuntimeError(f"{name} did not start: see {services[name].log}")
@@ -300,10 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         warm_payload = {"ours": bodies[("v1", 1)], "asgi": bodies[("v1", 1)], "baseline": bodies[("v1", 1)]}
         for name, service in services.items():
             path = payloads.url_path("v1", model)
-            run_wrk(service.base_url + path, warm_payload[name], 16, 1)
-            processes.wait_idle(service.process.pid)
-            results["services"][name]["rss_warm"] = processes.rss_bytes(service.process.pid)
+            run_wrk(service.url + path, warm_payload[name], 16, 1)
+            wait_idle(service.proc.pid)
+            results["services"][name]["rss_warm"] = rss_bytes(service.proc.pid)
 
+        # gRPC cells (ours only) after each repeat's HTTP cells; none in --quick or when --only skips them.
+        grpc_cells = [] if args.quick else [
+            cell for cell in grpc_bench.CELLS if select([("grpc", *cell, ["ours"])], args.only)
+        ]  # fmt: skip
+        grpc_why = grpc_bench.unavailable() if grpc_cells and "ours" in services else None
+        if grpc_why:
+            results["notes"].append(f"No gRPC cells: {grpc_why}.")
         # The matrix, round-robin across systems within each group; order reversed on odd repeats.
         rejected: dict[tuple[str, str, int], str | None] = {}
         for repeat in range(args.repeats):
@@ -327,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     if rejected[(system, protocol, rows)]:
                         run["note"] = rejected[(system, protocol, rows)]
                         continue
-                    result = run_wrk(service.base_url + path, payload, conc, args.seconds)
-                    run["settle_s"] = processes.wait_idle(service.process.pid)
+                    result = run_wrk(service.url + path, payload, conc, args.seconds)
+                    run["settle_s"] = wait_idle(service.proc.pid)
                     run.update(
                         rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, errors=result.errors
                     )
@@ -337,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
                         flush=True,
                     )
+            if grpc_cells and grpc_why is None and "ours" in services:
+                target = services["ours"].grpc_target
+                results["grpc"] += grpc_bench.run_cells(target, model, grpc_cells, args.seconds, repeat)
 
         # Soak our server (the baseline stands in while ours is absent, so the soak itself keeps working).
         target = "ours" if "ours" in services else "baseline"
@@ -348,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         service = services[target]
         result = soak.soak(
-            service.base_url + payloads.url_path("v1", model),
+            service.url + payloads.url_path("v1", model),
             bodies[("v1", 1)],
-            service.process.pid,
+            service.proc.pid,
             args.soak_requests,
             args.soak_seconds,
         )
@@ -358,7 +383,18 @@ def main(argv: list[str] | None = None) -> int:
         results["services"][target]["rss_soak"] = result.rss_after
     finally:
         for service in services.values():
-            processes.stop(service)
+            service.stop(5)
+
+    # Worker scaling: a fresh `--workers k` server per row, alone on the machine (the others are stopped).
+    if not (args.quick or args.no_scaling) and results["services"]["ours"].get("available"):
+        from server.runtime import usable_cpus
+
+        wanted = args.scaling_workers
+        counts = [int(c) for c in wanted.split(",")] if wanted else scaling.default_counts(usable_cpus())
+        print(f"worker scaling: {counts}...", flush=True)
+        results["scaling"] = scaling.measure(
+            repository, model, bodies[("v1", 1)], counts, args.seconds, args.repeats, work
+        )
 
     training = []
     if not args.skip_training:

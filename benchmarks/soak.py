@@ -2,7 +2,7 @@
 
 A leak per request shows as RSS growing between the warm-up reading and this one. Drives wrk in chunks
 so the count can stop near the target without a Python client eating the cores the server needs.
-Run alone: ``python -m benchmarks.soak --url URL --body FILE --pid PID [--requests 100000]``.
+Run alone: ``python -m benchmarks soak --url URL --body FILE --pid PID [--requests N]``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.processes import rss_bytes
 from benchmarks.wrk_runner import Payload, run_wrk
+from testing.server_process import rss_bytes
 
 CONNECTIONS = 16
 
@@ -51,7 +51,7 @@ def soak(
     return SoakResult(done, errors, time.perf_counter() - started, before, rss_bytes(pid), stopped_by)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--body", type=Path, required=True)
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--max-seconds", type=float, default=120)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     payload = Payload(args.body, args.content_type, args.header_length)
     print(json.dumps(asdict(soak(args.url, payload, args.pid, args.requests, args.max_seconds))))
 

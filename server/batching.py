@@ -26,16 +26,19 @@ import contextlib
 import gc
 import math
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server import timers
 from server.errors import BadRequest, QueueFull, Timeout, Unavailable
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.observability import BatchTiming
 
 Outputs = dict[str, np.ndarray]
 InferFn = Callable[[np.ndarray], Outputs]
@@ -48,12 +51,27 @@ INLINE_BELOW_REQUESTS = 1.5
 class _Item:
     """One queued request (a slotted class: made once per request on the hot path)."""
 
-    __slots__ = ("enqueued", "future", "level", "taken", "x")
+    __slots__ = ("enqueued", "future", "level", "taken", "timing", "x")
 
-    def __init__(self, x: np.ndarray, future: asyncio.Future[Outputs], level: int = 0) -> None:
-        self.x, self.future, self.level = x, future, level
+    def __init__(
+        self,
+        x: np.ndarray,
+        future: asyncio.Future[Outputs],
+        level: int = 0,
+        timing: BatchTiming | None = None,
+    ) -> None:
+        self.x, self.future, self.level, self.timing = x, future, level, timing
         self.enqueued = time.perf_counter()
         self.taken = False
+
+
+def _note_timing(batch: list[_Item], start: float, rows: int) -> None:
+    """Tell each request that asked (server.observability: its log line, its spans) when its batch ran."""
+    finished, requests = time.perf_counter(), len(batch)
+    for item in batch:
+        if (t := item.timing) is not None:
+            t.enqueued, t.started, t.finished = item.enqueued, start, finished
+            t.rows, t.requests = rows, requests
 
 
 def _expire(future: asyncio.Future[Outputs]) -> None:
@@ -96,7 +114,6 @@ class Batcher:
         self.inline_max_rows = inline_max_rows
         self.metrics, self.labels = metrics, labels
         self._m = metrics.model(*labels) if metrics else None  # label children bound once
-        self._depth_watched = False
         self._queues: list[deque[_Item]] = [deque() for _ in range(max(1, priority_levels))]
         self._level_rows = [0] * len(self._queues)
         self._queued_rows = 0
@@ -136,9 +153,12 @@ class Batcher:
         freeze_loaded_objects()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, x: np.ndarray, deadline: float, level: int = 0) -> Outputs:
+    async def submit(
+        self, x: np.ndarray, deadline: float, timing: BatchTiming | None = None, level: int = 0
+    ) -> Outputs:
         """Queue `x` at priority `level` (0 first) and wait for exactly its rows' outputs; `deadline` is a
-        ``time.perf_counter()`` value."""
+        ``time.perf_counter()`` value. `timing`, when given, is filled once the batch has run
+        (server.observability)."""
         rows = len(x)
         if self._closed:
             raise Unavailable("The model is being unloaded; retry shortly.", retry_after_s=1)
@@ -147,7 +167,7 @@ class Batcher:
         level = min(max(level, 0), len(self._queues) - 1)
         self._admit(rows, level, deadline)
         loop = asyncio.get_running_loop()
-        item = _Item(x, loop.create_future(), level)
+        item = _Item(x, loop.create_future(), level, timing)
         self._queues[level].append(item)
         self._set_depth(level, rows)
         if rows <= self.inline_max_rows and self._alone and self._idle and self._queued_rows == rows:
@@ -218,6 +238,7 @@ class Batcher:
             out = self.infer(item.x)
         finally:
             self._busy = False
+            _note_timing([item], start, len(item.x))
         self.inline_runs += 1
         self._record(start, (item.enqueued,), len(item.x))
         return out
@@ -225,11 +246,8 @@ class Batcher:
     def _set_depth(self, level: int, delta: int) -> None:
         self._queued_rows += delta
         self._level_rows[level] += delta
-        if not self._depth_watched and self._m is not None:
-            # The gauge reads the count when scraped; a weak reference lets a retired batcher go.
-            me = weakref.ref(self)
-            self._m.watch_queue(lambda: b._queued_rows if (b := me()) is not None else 0)
-            self._depth_watched = True
+        if self._m is not None:  # moved, not read when scraped: with workers it is summed from files
+            self._m.queue_depth.inc(delta)
 
     def _head(self) -> deque[_Item] | None:
         """The queue of the highest priority level that holds something."""
@@ -300,6 +318,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            _note_timing(batch, start, rows)  # before any caller resumes: set_result only schedules it
         self._record(start, (i.enqueued for i in batch), rows)
         offset = 0
         for item in batch:
@@ -339,4 +359,6 @@ class Batcher:
             for item in queue:
                 if not item.future.done():
                     item.future.set_exception(Unavailable("The model was unloaded.", retry_after_s=1))
+        for level, rows in enumerate(self._level_rows):
+            self._set_depth(level, -rows)  # those rows will never run
         self._executor.shutdown(wait=False)

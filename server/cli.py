@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
+    from server.settings import Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0: no gRPC)")
     p.add_argument(
         "--device", choices=["auto", "cuda", "tensorrt", "cpu"], help="execution device (default auto)"
     )
@@ -32,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member-execution", choices=["auto", "sequential", "fused", "parallel"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--log-format", choices=["text", "json"], help="the server's logs on stderr (default text)"
+    )
+    p.add_argument(
+        "--request-log", choices=["off", "sampled", "full"], help="one JSON line per request on stdout"
+    )
+    p.add_argument(
         "--repository-poll-interval-s", type=float, help="seconds between repository scans; 0: no hot reload"
     )
     p.add_argument("--drain-timeout-s", type=float, help="time the accepted requests get after SIGTERM")
+    p.add_argument("--workers", help="server processes on the one port: a number or 'auto' (default 1)")
     return p
 
 
@@ -57,9 +70,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from server.observability import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    # ---- worker processes (server.workers): a parent supervises N full servers on one socket
+    from server.workers import resolve_workers, run_workers
+
+    workers = resolve_workers(settings.workers)
+    if workers > 1:
+        return run_workers(settings, workers)
+    return serve(settings)
+
+
+def serve(
+    settings: Settings, sockets: list[socket.socket] | None = None, cluster: WorkerLink | None = None
+) -> int:
+    """One server process, until it has drained; a worker gets its `sockets` and `cluster` from the parent."""
+    # ----
     import uvicorn
 
     from server.http.app import create_app
+    from server.http.connections import limits_from_settings, protocol_class
     from server.http.drain import DrainingServer
     from server.lifecycle import build_services
 
@@ -67,22 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     # that was there before it; a no-op handler keeps a clean shutdown at exit code 0 instead of 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    services = build_services(settings)
+    services = build_services(settings, cluster=cluster)
     app = create_app(services)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the root one: the same format (setup_logging)
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # Header deadline, header limits and the connection cap (server.http.connections).
+        http=protocol_class(limits_from_settings(settings), services.metrics.connections),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
     )
     # The first SIGTERM drains (readiness 503, new requests 503, accepted ones finish), then uvicorn stops.
     server = DrainingServer(config, services.drain, settings.drain_timeout_s)
-    server.run()
+    server.run(sockets)
     # As uvicorn.run: a server that never started (port taken, start-up error, already logged) exits 3.
     return 0 if server.started else 3
 

@@ -27,19 +27,23 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import onnxruntime as ort
 
 from server import __version__, triton_config
 from server.errors import BadRequest, Forbidden, NotFound, ServerError, Unauthorized, Unavailable
-from server.inputs import model_input
+from server.inputs import read_rows
 from server.manifest import NAME_RE, Manifest
 from server.metrics import Metrics
+from server.observability import BatchTiming, Observer, RequestContext
 from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
 from server.repository import ModelRegistry
 from server.served import ServedVersion
 from server.settings import Settings, is_version
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
 
 Protocol = Literal["v1", "v2", "grpc"]
 T = TypeVar("T")
@@ -61,8 +65,19 @@ def _as_response(
 class DataPlane:
     """Inference, metadata, configuration, statistics, readiness and repository operations."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        cluster: WorkerLink | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        # A worker of `--workers N`: readiness and repository operations span every worker (server.cluster).
+        self.cluster = cluster
+        # server.observability: the request log and traces; None (and no cost) when both are off.
+        self.observer = observer
         # Extensions really implemented; model_repository only when its (token-guarded) operations are on.
         self.extensions: list[str] = ["binary_tensor_data", "model_configuration", "statistics"]
         if settings.admin_token:
@@ -96,9 +111,15 @@ class DataPlane:
 
     # ------------------------------------------------------------------------------------ inference
     async def infer(
-        self, request: InferenceRequest, *, protocol: Protocol, deadline: float | None = None
+        self,
+        request: InferenceRequest,
+        *,
+        protocol: Protocol,
+        deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> InferenceResponse:
-        """Run a decoded request (`deadline`: a ``time.perf_counter()`` value; None: the request timeout)."""
+        """Run a decoded request (`deadline`: a ``time.perf_counter()`` value; None: the request timeout).
+        `context`: the transport's request id, traceparent and peer, for the request log and traces."""
 
         async def given(manifest: Manifest, timeout_s: float) -> InferenceRequest:
             return request
@@ -110,6 +131,7 @@ class DataPlane:
             _as_response,
             protocol=protocol,
             deadline=deadline,
+            context=context,
         )
 
     async def infer_with(
@@ -121,13 +143,27 @@ class DataPlane:
         *,
         protocol: Protocol,
         deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> T:
         """Look the version up, ``decode`` the request (given the time left), run it, ``encode`` the answer;
-        records the request's metrics and statistics whatever happens."""
+        records the request's metrics and statistics whatever happens (and, with an observer, its log line
+        and spans; `context` is what the transport knows of the request: see server.observability)."""
         start = time.perf_counter()
         if deadline is None:
             deadline = start + self.settings.request_timeout_s
-        sv = self.lookup(name, version)
+        observer = self.observer
+        # ---- observability: a request for a model that is not served is logged too
+        try:
+            sv = self.lookup(name, version)
+        except ServerError as exc:
+            if observer is not None:
+                observer.finish(context, protocol=protocol, model=name, version=version or None,
+                                status=exc.status_code, start=start, error=exc.message)  # fmt: skip
+            raise
+        timing = BatchTiming() if observer is not None else None
+        request: InferenceRequest | None = None
+        x, error = None, None  # the rows, and what went wrong: for the observer
+        # ---- end of observability
         sv.enter()  # no await since the lookup: a hot-reload swap waits for this before retiring sv
         m = sv.metrics
         assert m is not None and sv.batcher is not None  # started before it was published
@@ -136,22 +172,22 @@ class DataPlane:
         try:
             manifest = sv.manifest
             request = await decode(manifest, max(0.0, deadline - time.perf_counter()))
-            x = model_input(request, manifest.input, self.settings.allow_nonfinite)
+            x = read_rows(request, manifest, self.settings.allow_nonfinite, m)
             types = sv.output_types
             names = request.output_names(types)
             if request.parameters:
                 deadline, level = self._scheduling(request.parameters, start, deadline)
             else:
                 level = self.settings.default_priority_level - 1
-            results = await sv.batcher.submit(x, deadline, level)
+            results = await sv.batcher.submit(x, deadline, timing, level)
             outputs = tuple([OutputTensor(out, types[out], (a := results[out]).shape, a) for out in names])
             response = InferenceResponse(sv.name, sv.version_label, request.id, outputs)
             return encode(manifest, request, response)
         except ServerError as exc:
-            outcome = str(exc.status_code)
+            outcome, error = str(exc.status_code), exc.message
             raise
-        except Exception:
-            outcome = "500"
+        except Exception as exc:
+            outcome, error = "500", f"internal error ({type(exc).__name__})"
             raise
         finally:
             sv.leave()
@@ -160,6 +196,12 @@ class DataPlane:
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)
             self.metrics.stats.record_request(sv.name, sv.version_label, outcome == "ok", elapsed)
+            if observer is not None:  # ---- observability: one log line and the spans of this request
+                observer.finish(context, protocol=protocol, model=sv.name, version=sv.version_label,
+                                request_id=request.id if request is not None else None,
+                                status=200 if outcome == "ok" else int(outcome),
+                                rows=len(x) if x is not None else None, start=start, batch=timing,
+                                error=error)  # fmt: skip
 
     def _scheduling(self, parameters: Mapping[str, Any], start: float, deadline: float) -> tuple[float, int]:
         """The request's deadline and batch-queue level (0 first) from its ``timeout`` and ``priority``.
@@ -187,14 +229,19 @@ class DataPlane:
 
     def server_ready(self) -> bool:
         """Every model that should load is loaded and warmed (draining is the transports' to add)."""
-        return self.registry.is_ready()
+        return self.registry.is_ready() and (self.cluster is None or self.cluster.all_ready())
 
     def readiness(self) -> dict[str, Any]:
         """``{"ready": True}``, or why not: still loading, and each model not ready with its reason."""
         registry = self.registry
         if registry.is_ready():
+            if self.cluster is not None and not self.cluster.all_ready():
+                return {"ready": False, "loading": False, "models": {}, **self.cluster.readiness()}
             return {"ready": True}
-        not_ready = {n: s.reason or s.state for n, s in registry.status.items() if s.state != "ready"}
+        # The models that keep it from being ready (as is_ready counts them: unloaded on purpose is not one).
+        not_ready = {
+            n: s.reason or s.state for n, s in registry.status.items() if s.state not in ("ready", "unloaded")
+        }
         return {"ready": False, "loading": not registry.loaded_once, "models": not_ready}
 
     def model_ready(self, name: str, version: str | None) -> bool:
@@ -300,7 +347,10 @@ class DataPlane:
         """(Re)load a model from the repository; NotFound without its folder, 400 when it fails to load."""
         if not NAME_RE.match(name) or not (self.registry.root / name).is_dir():
             raise NotFound(f"Model '{name[:64]}' is not in the repository.")
-        await self.registry.load(name)
+        if self.cluster is not None:
+            await self.cluster.call("load", name)  # every worker loads it, then all serve it (or none)
+        else:
+            await self.registry.load(name)
         st = self.registry.status[name]
         if st.state != "ready":
             raise BadRequest(f"Model '{name}' failed to load: {st.reason}")
@@ -309,4 +359,7 @@ class DataPlane:
         """Stop serving a model; its in-flight requests finish first."""
         if name not in self.registry.status:
             raise NotFound(f"Model '{name[:64]}' does not exist.")
-        await self.registry.unload(name)
+        if self.cluster is not None:
+            await self.cluster.call("unload", name)
+        else:
+            await self.registry.unload(name)

@@ -15,12 +15,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.dataplane import DataPlane
+from server.grpc.service import create_grpc_server
 from server.metrics import Metrics
+from server.observability import build_observer
 from server.reloader import RepositoryPoller
 from server.repository import ModelRegistry
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.cluster import WorkerLink
 
 log = logging.getLogger("server")
 
@@ -60,16 +66,21 @@ class Services:
     dataplane: DataPlane
     drain: DrainState
     poller: RepositoryPoller
+    cluster: WorkerLink | None = None  # a worker of `--workers N`: its link to the parent (server.cluster)
 
 
-def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+def build_services(
+    settings: Settings, metrics: Metrics | None = None, cluster: WorkerLink | None = None
+) -> Services:
     """The services for `settings` (nothing loaded or started yet: see :func:`running`)."""
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
-    dataplane = DataPlane(settings, registry, metrics)
+    # Per process (each worker builds its own services): the span exporter's thread must start after a fork.
+    observer = build_observer(settings.request_log, settings.request_log_sample_rate)
+    dataplane = DataPlane(settings, registry, metrics, cluster, observer)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
-    return Services(settings, metrics, registry, dataplane, drain, poller)
+    return Services(settings, metrics, registry, dataplane, drain, poller, cluster)
 
 
 async def load_then_poll(services: Services) -> None:
@@ -86,12 +97,24 @@ async def load_then_poll(services: Services) -> None:
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[Services]:
     """Start loading (in the background) on entry; on exit stop polling and unload every version."""
+    if services.cluster is not None:  # ---- worker processes: answer the parent's steps (server.cluster)
+        services.cluster.start(services.registry)
     background = asyncio.create_task(load_then_poll(services))
+    if services.cluster is not None:  # a restarted worker accepts connections once it can answer them
+        await services.cluster.ready_to_serve(background)
+    # gRPC transport (server.grpc): in this process and event loop, beside HTTP; None when grpc_port is 0.
+    grpc_server = create_grpc_server(services)
+    if grpc_server is not None:
+        await grpc_server.start()
     try:
         yield services
     finally:
+        if grpc_server is not None:  # after HTTP's drain: running gRPC calls get the time that is left
+            await grpc_server.stop(services.drain.remaining(0))
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await background
         # After a drain every request is answered; otherwise (no signal) the usual request timeout applies.
         await services.registry.close(services.drain.remaining(services.settings.request_timeout_s))
+        if services.dataplane.observer is not None:  # the last log lines, the spans still buffered
+            services.dataplane.observer.close()

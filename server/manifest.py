@@ -17,6 +17,12 @@ standardization is inside the graph), and produces one output:
 
 The server averages the members (``aggregation: mean``) and adds ``spread``, the members' standard
 deviation, and for classification ``label`` (INT64 index into ``labels``).
+
+Schema version 2 adds table models (docs/design-notes.md, "manifest v2"): a table with categorical
+columns takes one input per column (``ColumnInput``: BYTES ``[-1, 1]`` for categories, FP32 ``[-1, 1]``
+for numbers, the original column name beside a safe tensor name), and ``preprocessing`` records what
+each column's graph does (``TablePreprocessing``). A numeric-only table keeps the one ``[-1, F]`` input,
+with ``accepts_missing`` when its graph fills NaN. Version-1 manifests load unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this server reads; it reads every older one too
+TENSOR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MANIFEST_FILE = "manifest.json"
 NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
 MEMBER_FILE_PATTERN = r"^[A-Za-z0-9_.-]{1,128}\.onnx$"
@@ -49,7 +56,7 @@ class _Strict(BaseModel):
 class TensorSpec(_Strict):
     """One tensor of the model's signature, in V2 terms; -1 marks the batch axis."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    name: str = Field(pattern=TENSOR_NAME_PATTERN)
     datatype: Datatype = "FP32"
     shape: list[int]
 
@@ -69,6 +76,8 @@ class InputSpec(TensorSpec):
     feature_names: list[str] | None = None
     # The shape a CNN member reshapes one row to (e.g. [1, 8, 8]); for the record.
     feature_shape: list[int] | None = None
+    # Whether the graph fills NaN (a missing value) itself; without it a NaN is the client's mistake.
+    accepts_missing: bool = False
 
     @model_validator(mode="after")
     def _names_match(self) -> InputSpec:
@@ -76,6 +85,30 @@ class InputSpec(TensorSpec):
             raise ValueError("the input must be 2-D: [-1, number of features]")
         if self.feature_names is not None and len(self.feature_names) != self.shape[1]:
             raise ValueError("feature_names must name every feature")
+        return self
+
+
+class ColumnInput(TensorSpec):
+    """One column of a table model, as its own input: ``[-1, 1]`` (the server also takes ``[-1]``).
+
+    Missing values: NaN for numbers; for categories an empty string (or any of ``missing_text`` in the
+    preprocessing record, e.g. "NA"), which the graph maps to its "missing" index.
+    """
+
+    column: str = Field(min_length=1)  # the column's name in the user's table (any text)
+    kind: Literal["numeric", "categorical"]
+    accepts_missing: bool = True
+    # categorical: the values seen in training (a value outside is "unseen": answered, not refused)
+    categories: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> ColumnInput:
+        if self.shape != [-1, 1]:
+            raise ValueError(f"column input {self.name!r} must have shape [-1, 1]")
+        if self.kind == "categorical" and (self.datatype != "BYTES" or self.categories is None):
+            raise ValueError(f"categorical column {self.name!r} must be BYTES with its categories")
+        if self.kind == "numeric" and (self.datatype != "FP32" or self.categories is not None):
+            raise ValueError(f"numeric column {self.name!r} must be FP32 without categories")
         return self
 
 
@@ -99,22 +132,48 @@ class Preprocessing(_Strict):
     applied_in_graph: bool = True
 
 
+class ColumnPreprocessing(_Strict):
+    """What the graphs do with one table column (fitted on the training rows; for the record)."""
+
+    column: str
+    kind: Literal["numeric", "categorical"]
+    # numeric: NaN -> median, then (x - mean) / std; missing_indicator adds a 0/1 feature
+    median: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    missing_indicator: bool = False
+    # categorical: index 0 = missing, 1 = rare or unseen, 2 + i = vocabulary[i]
+    vocabulary: list[str] | None = None
+    min_count: int | None = None
+
+
+class TablePreprocessing(_Strict):
+    """A table's preprocessing, inside every member graph. Each member fits its own on its training rows;
+    this record is the same procs fitted on all of the non-test rows (the union of the members')."""
+
+    columns: list[ColumnPreprocessing]
+    missing_text: list[str] = Field(default_factory=list)  # category text the graphs read as missing
+    missing_index: int = 0
+    other_index: int = 1
+    applied_in_graph: bool = True
+
+
 class Manifest(_Strict):
     """``manifest.json`` of one version of one model."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)
     task: Task
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     libraries: dict[str, str] = Field(default_factory=dict)
     description: str = ""
-    inputs: list[InputSpec] = Field(min_length=1, max_length=1)
+    inputs: list[InputSpec] | list[ColumnInput] = Field(min_length=1)
     outputs: list[TensorSpec]
     labels: list[str] | None = None
     aggregation: Literal["mean"] = "mean"
     members: list[Member] = Field(min_length=1)
-    preprocessing: Preprocessing | None = None
+    preprocessing: Preprocessing | TablePreprocessing | None = None
     # {"member-0": {"accuracy": ...}, ..., "ensemble": {...}}
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
 
@@ -140,15 +199,38 @@ class Manifest(_Strict):
         files = [m.file for m in self.members]
         if len(set(files)) != len(files):
             raise ValueError("member files must be distinct")
-        if self.preprocessing is not None:
+        table_inputs = isinstance(self.inputs[0], ColumnInput)
+        if self.schema_version == 1 and (table_inputs or isinstance(self.preprocessing, TablePreprocessing)):
+            raise ValueError("per-column inputs and table preprocessing need schema_version 2")
+        if not table_inputs and len(self.inputs) != 1:
+            raise ValueError("a model without per-column inputs has exactly one input [-1, F]")
+        if table_inputs:
+            names = [i.name for i in self.inputs]
+            columns = [i.column for i in self.inputs]  # type: ignore[union-attr]
+            if len(set(names)) != len(names) or len(set(columns)) != len(columns):
+                raise ValueError("column inputs must have distinct tensor names and columns")
+        if isinstance(self.preprocessing, Preprocessing):
             n = self.inputs[0].shape[1]
-            if len(self.preprocessing.mean) != n or len(self.preprocessing.std) != n:
+            if table_inputs or len(self.preprocessing.mean) != n or len(self.preprocessing.std) != n:
                 raise ValueError("preprocessing mean and std must have one value per feature")
         return self
 
     @property
+    def is_table(self) -> bool:
+        """True when every column is its own input (a table with categorical columns)."""
+        return isinstance(self.inputs[0], ColumnInput)
+
+    @property
+    def columns(self) -> list[ColumnInput]:
+        """The per-column inputs of a table model; empty for a one-matrix model."""
+        return list(self.inputs) if self.is_table else []  # type: ignore[arg-type]
+
+    @property
     def input(self) -> InputSpec:
-        return self.inputs[0]
+        """The one ``[-1, F]`` input of a matrix model (a table model has `columns` instead)."""
+        if self.is_table:
+            raise ValueError(f"model {self.name!r} takes one input per column: use manifest.columns")
+        return self.inputs[0]  # type: ignore[return-value]
 
     @property
     def member_output(self) -> str:
@@ -174,6 +256,21 @@ def output_specs(task: Task, width: int) -> list[TensorSpec]:
         TensorSpec(name="prediction", datatype="FP32", shape=[-1, width]),
         TensorSpec(name="spread", datatype="FP32", shape=[-1, width]),
     ]
+
+
+def tensor_names(columns: list[str]) -> list[str]:
+    """Safe, distinct V2 tensor names for table columns ("bill length (mm)" -> "bill_length_mm_")."""
+    names: list[str] = []
+    for column in columns:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", column)[:56] or "column"
+        if not re.match(r"[A-Za-z_]", base):
+            base = f"c_{base}"[:56]
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.append(name)
+    return names
 
 
 def sha256_file(path: Path) -> str:

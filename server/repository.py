@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from server.ensemble import Ensemble
-from server.errors import ModelLoadError
+from server.errors import ModelLoadError, Unavailable
 from server.manifest import NAME_RE, Manifest, read_manifest, sha256_file
 from server.metrics import Metrics
 from server.runtime import default_intra_op_threads, usable_cpus
@@ -45,6 +45,25 @@ class ModelStatus:
     reason: str = ""
     versions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+
+
+@dataclass(eq=False)
+class Staged:
+    """A change loaded and warmed but not served yet: what ``commit`` swaps in (or ``abort`` drops).
+
+    One process plans and commits at once; the workers of ``--workers N`` all stage a change first and
+    commit it only once every one has (server.cluster), so a version is served everywhere or nowhere."""
+
+    models: dict[Key, ServedVersion]  # the next served dict
+    status: dict[str, ModelStatus]  # the next states
+    base: dict[Key, ServedVersion]  # the served dict it was planned against
+    scan: bool  # a whole-repository scan (the first one makes the registry `loaded_once`)
+
+    def summary(self) -> tuple[Any, ...]:
+        """What it would serve, comparable between processes: versions, manifest stamps, states."""
+        served = tuple(sorted((key, sv.stamp) for key, sv in self.models.items()))
+        states = tuple(sorted((n, st.state, tuple(sorted(st.failed))) for n, st in self.status.items()))
+        return served, states
 
 
 # A version folder's name follows the one version rule (settings.is_version): "1", "12"; not "01" or "¹".
@@ -180,10 +199,9 @@ class ModelRegistry:
         return policy.select(on_disk), False
 
     async def _load_model(
-        self, name: str, on_disk: list[int], current: dict[Key, ServedVersion]
+        self, name: str, on_disk: list[int], current: dict[Key, ServedVersion], st: ModelStatus
     ) -> dict[Key, ServedVersion]:
-        """Load the versions of `name` to serve (reusing unchanged loaded ones); updates its status."""
-        st = self.status.setdefault(name, ModelStatus(name))
+        """Load the versions of `name` to serve (reusing unchanged loaded ones); updates `st`."""
         candidates, first_only = self._candidates(on_disk)
         out: dict[Key, ServedVersion] = {}
         failed: dict[int, str] = {}
@@ -248,32 +266,62 @@ class ModelRegistry:
     async def reload(self) -> None:
         """Rescan the whole repository and load what changed (the first call loads everything)."""
         async with self._lock:
-            on_disk = await asyncio.to_thread(scan, self.root)
-            for name in on_disk:
-                self.status.setdefault(name, ModelStatus(name))
-            current = self.models
-            new: dict[Key, ServedVersion] = {}
-            for name, versions in on_disk.items():
-                if self.status[name].state == "unloaded":
-                    continue
-                new.update(await self._load_model(name, versions, current))
-            for name in list(self.status):
-                if name not in on_disk:
-                    del self.status[name]
-            await self._swap(new)
-            self.loaded_once = True
+            await self._commit(await self._plan_reload())
 
     async def load(self, name: str) -> None:
         """(Re)load one model by name (its folder exists: the data plane checks)."""
         async with self._lock:
-            on_disk = await asyncio.to_thread(scan, self.root)
-            self.status.setdefault(name, ModelStatus(name)).state = "loading"
-            for key in [k for k in self._failed if k[0] == name]:
-                del self._failed[key]  # an explicit load tries every version again
-            loaded = await self._load_model(name, on_disk.get(name, []), self.models)
-            new = {k: v for k, v in self.models.items() if k[0] != name}
-            new.update(loaded)
-            await self._swap(new)
+            await self._commit(await self._plan_load(name))
+
+    # Two phases: plan (load and warm, serve nothing new) then commit (swap), or abort.
+    async def _plan_reload(self) -> Staged:
+        on_disk = await asyncio.to_thread(scan, self.root)
+        for name in on_disk:  # a new name is loading from now on (readiness says so)
+            self.status.setdefault(name, ModelStatus(name))
+        # Copies: the served states change only when the plan is committed.
+        status = {name: replace(st) for name, st in self.status.items() if name in on_disk}
+        current = self.models
+        new: dict[Key, ServedVersion] = {}
+        for name, versions in on_disk.items():
+            if status[name].state == "unloaded":
+                continue
+            new.update(await self._load_model(name, versions, current, status[name]))
+        return Staged(new, status, current, scan=True)
+
+    async def _plan_load(self, name: str) -> Staged:
+        on_disk = await asyncio.to_thread(scan, self.root)
+        st = replace(self.status[name], state="loading") if name in self.status else ModelStatus(name)
+        for key in [k for k in self._failed if k[0] == name]:
+            del self._failed[key]  # an explicit load tries every version again
+        current = self.models
+        loaded = await self._load_model(name, on_disk.get(name, []), current, st)
+        new = {k: v for k, v in current.items() if k[0] != name}
+        new.update(loaded)
+        return Staged(new, {**self.status, name: st}, current, scan=False)
+
+    async def _commit(self, staged: Staged) -> None:
+        if self.models is not staged.base:  # cannot happen while one caller at a time plans and commits
+            raise Unavailable("The served models changed while a change was staged; try again.")
+        self.status = staged.status
+        await self._swap(staged.models)
+        if staged.scan:
+            self.loaded_once = True
+
+    async def stage(self, kind: str, *args: str) -> Staged:
+        """Phase one of a cluster-wide change: ``reload`` or ``load <name>``, loaded but not served."""
+        async with self._lock:
+            return await (self._plan_reload() if kind == "reload" else self._plan_load(*args))
+
+    async def commit(self, staged: Staged) -> None:
+        async with self._lock:
+            await self._commit(staged)
+
+    def abort(self, staged: Staged) -> None:
+        """Drop a staged change: close the sessions it loaded (never served, so nothing waits on them)."""
+        serving = {id(sv) for sv in self.models.values()}
+        for sv in staged.models.values():
+            if id(sv) not in serving and sv.batcher is None:
+                sv.ensemble.close()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model (one the registry knows); in-flight requests finish first."""

@@ -98,5 +98,5 @@ class ServedVersion:
             await self.batcher.close(max(0.0, end - loop.time()))
         if not keep_info:
             with contextlib.suppress(KeyError):
-                metrics.model_info.remove(*self.info_labels)
+                metrics.forget_info(self.info_labels)
         self.ensemble.close()

@@ -71,6 +71,21 @@ PolicySetting = Annotated[
 ]
 
 
+# ---- worker processes (server.workers)
+def _workers(value: Any) -> Any:
+    """``auto``, or a positive whole number (a flag or an environment variable arrives as text)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isascii() and text.isdigit() and int(text) >= 1 and not isinstance(value, bool | float):
+        return int(text)
+    raise ValueError("workers must be a positive whole number or 'auto'")
+
+
+WorkersSetting = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+# ----
+
+
 class Settings(BaseSettings):
     """Everything the server can be told; read from ``ENSEMBLE_*`` environment variables and CLI flags."""
 
@@ -85,6 +100,10 @@ class Settings(BaseSettings):
 
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on."""
+
+    # ---- gRPC transport (server/grpc) ----
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the gRPC transport (Triton's GRPCInferenceService and grpc.health.v1); 0 turns gRPC off."""
 
     device: Device = "auto"
     """Execution device: ``auto`` picks TensorRT -> CUDA -> CPU from what really loads."""
@@ -149,14 +168,64 @@ class Settings(BaseSettings):
     """On SIGTERM: readiness turns false, new requests get 503, and the requests already accepted get this
     many seconds to finish before the process exits (0 on a clean drain)."""
 
+    # ---- worker processes (server.workers)
+    workers: WorkersSetting = 1
+    """Full server processes on one port (each with its own sessions and batcher) under a supervising
+    parent; ``auto``: one per CPU this process may use (affinity and cgroup quota). 1: one process, no
+    parent (docs/operations.md says how to size it)."""
+    # ----
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and uvicorn."""
+
+    # ---- observability (server/observability.py; tracing is configured by the standard OTEL_* variables)
+    log_format: Literal["text", "json"] = "text"
+    """The server's own logs on stderr: ``text`` lines, or one JSON object per line for log collectors."""
+
+    request_log: Literal["off", "sampled", "full"] = "off"
+    """One JSON line per inference request on stdout (ids, model, status, rows, times; never the payload):
+    ``full`` every request, ``sampled`` a ``request_log_sample_rate`` share of the successful ones and every
+    failed one."""
+
+    request_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of the successful requests that ``request_log=sampled`` writes (failures are always written)."""
+    # ---- end of observability
 
     admin_token: str | None = None
     """Bearer token for the repository admin endpoints; unset: those endpoints answer 404."""
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty: no CORS headers."""
+
+    # ------------------------------------------------ connection level (server.http.connections)
+    # Below the application: slow and oversized clients must not exhaust time, memory or descriptors.
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection must send its complete request line and headers within this many seconds of
+    connecting (on a kept-alive connection: of its next request's first byte); else 408 and close."""
+
+    max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
+    """Longest request line (else 414) or single header line (else 431), as nginx's
+    ``large_client_header_buffers``."""
+
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Most bytes of URL, header names and values together; beyond: 431, refused while they arrive."""
+
+    max_headers: int = Field(default=100, ge=1)
+    """Most header lines in one request; beyond: 431."""
+
+    max_connections: int | None = Field(default=None, ge=2)
+    """Connections one process holds at most; beyond: 503 at once (never a reset). Unset: the open-file
+    limit less an eighth of it (at least 64) for the server's own files, at most 16,384 (896 for 1024)."""
+
+    reserved_connections: int = Field(default=32, ge=0)
+    """The top of the connection cap kept for health and readiness probes, ``/metrics`` and the admin
+    routes: above ``max_connections - reserved_connections`` other requests get 503, and a new connection
+    first closes the one that has waited longest for its headers."""
+
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    """An idle kept-alive connection closes after this many seconds (uvicorn's ``timeout_keep_alive``);
+    behind a load balancer, set it above the balancer's own idle timeout."""
 
     @model_validator(mode="after")
     def _default_level_exists(self) -> Settings:

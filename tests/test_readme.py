@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.onnx_repo import write_version
-from tests.helpers.server_process import ROOT, ServerProcess, running_server
+from testing.repositories import digits_like_repository
+from testing.server_process import ROOT, ServerProcess, running_server
 
 README = (ROOT / "README.md").read_text()
 
@@ -24,9 +24,8 @@ def _blocks(language: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("readme-repo")
-    write_version(root, "digits", 1, n_features=64, width=10, members=3, hidden=[16])
-    with running_server(root, {}, tmp_path_factory.mktemp("log") / "server.log") as proc:
+    repo = digits_like_repository(tmp_path_factory.mktemp("readme-repo"), members=3, hidden=[16])
+    with running_server(repo.root, {}, tmp_path_factory.mktemp("log") / "server.log") as proc:
         yield proc
 
 

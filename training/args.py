@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
-from training.data import DataError, Dataset, load_dataset, split
+from training.data import ColumnOverrides, DataError, Dataset, split
 from training.fit import OPTIMIZERS, FitConfig
-from training.models import ARCHS, BN_POSITIONS
+from training.models import ARCHS, BN_POSITIONS, CAT_ENCODINGS
+from training.pipeline import DataSettings, load
 from training.schedules import SCHEDULE_NAMES
 
 _DEFAULTS = FitConfig()
@@ -55,42 +57,112 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Add the data, model and optimization options (every training command takes them)."""
+class _Explicit(argparse.Action):
+    """Store the value and remember that the user gave the flag (training.defaults skips those fields)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        setattr(namespace, self.dest, values)
+        explicit = set(getattr(namespace, "explicit", None) or ())
+        explicit.add(self.dest)
+        namespace.explicit = frozenset(explicit)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, default_data: str | None = "digits") -> Any:
+    """The data options: source, target, task and the column kinds of a table."""
     d = parser.add_argument_group("data")
-    d.add_argument("--data", default="digits", help="'digits' (bundled) or a .csv/.parquet/.npz path")
+    d.add_argument(
+        "--data",
+        default=default_data,
+        required=default_data is None,
+        help="'digits' (bundled) or a .csv/.parquet/.npz path",
+    )
     d.add_argument("--target", help="target column of a CSV/Parquet file (comma-separated: multi-target)")
     d.add_argument(
         "--task", choices=("classification", "regression"), help="default: detected from the target"
     )
+    d.add_argument(
+        "--categorical",
+        type=_names,
+        default=(),
+        metavar="C,..",
+        help="table columns to treat as categories (e.g. integer codes)",
+    )
+    d.add_argument(
+        "--numeric", type=_names, default=(), metavar="C,..", help="table columns to treat as numbers"
+    )
+    d.add_argument(
+        "--ignore",
+        type=_names,
+        default=(),
+        metavar="C,..",
+        help="table columns to leave out (IDs, free text)",
+    )
+    return d
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add the data, model and optimization options (every training command takes them)."""
+    parser.set_defaults(explicit=frozenset())
+    d = add_data_args(parser)
     d.add_argument("--input-shape", type=_shape, help="C,L or C,H,W shape of one row (for --arch cnn)")
     d.add_argument("--val-fraction", type=_fraction, default=0.15)
     d.add_argument("--test-fraction", type=_fraction, default=0.15)
     m = parser.add_argument_group("model")
-    m.add_argument("--arch", choices=ARCHS, default=_DEFAULTS.arch)
-    m.add_argument("--width", type=int, help="MLP hidden units / CNN first-stage channels (default 512 / 32)")
-    m.add_argument("--depth", type=int, help="MLP hidden layers / CNN stages (default 2 / 2)")
-    m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout)
+    m.add_argument("--arch", choices=ARCHS, default=_DEFAULTS.arch, action=_Explicit)
+    m.add_argument(
+        "--width",
+        type=int,
+        action=_Explicit,
+        help="MLP hidden units / CNN first-stage channels (default 512 / 32)",
+    )
+    m.add_argument(
+        "--depth", type=int, action=_Explicit, help="MLP hidden layers / CNN stages (default 2 / 2)"
+    )
+    m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout, action=_Explicit)
+    m.add_argument(
+        "--min-count",
+        type=int,
+        default=_DEFAULTS.min_count,
+        action=_Explicit,
+        help="tables: categories seen fewer times in a member's training rows pool as 'rare or unseen'",
+    )
+    m.add_argument(
+        "--cat-encoding",
+        choices=CAT_ENCODINGS,
+        default=_DEFAULTS.cat_encoding,
+        action=_Explicit,
+        help="tables: how the network sees a category (learned embedding or one-hot)",
+    )
     m.add_argument(
         "--bn-position",
         choices=BN_POSITIONS,
         default=_DEFAULTS.bn_position,
+        action=_Explicit,
         help="BatchNorm before or after the activation",
     )
     o = parser.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
-    o.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    o.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, action=_Explicit)
+    o.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, action=_Explicit)
     o.add_argument(
-        "--lr", type=_lr, default=_DEFAULTS.lr, help="peak learning rate, or 'auto' (LR range test)"
+        "--lr",
+        type=_lr,
+        default=_DEFAULTS.lr,
+        action=_Explicit,
+        help="peak learning rate, or 'auto' (LR range test)",
     )
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default=_DEFAULTS.optimizer)
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=_DEFAULTS.optimizer, action=_Explicit)
     o.add_argument(
         "--weight-decay",
         type=float,
         default=_DEFAULTS.weight_decay,
+        action=_Explicit,
         help="L2 penalty (adam, sgd) or decoupled weight decay (adamw)",
     )
-    o.add_argument("--schedule", choices=SCHEDULE_NAMES, default=_DEFAULTS.schedule)
+    o.add_argument("--schedule", choices=SCHEDULE_NAMES, default=_DEFAULTS.schedule, action=_Explicit)
     o.add_argument(
         "--schedule-param",
         type=_param,
@@ -102,7 +174,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "min_lr (plateau)",
     )
     o.add_argument(
-        "--patience", type=int, default=_DEFAULTS.patience, help="early stopping patience (epochs)"
+        "--patience",
+        type=int,
+        default=_DEFAULTS.patience,
+        action=_Explicit,
+        help="early stopping patience (epochs)",
     )
     o.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_DEFAULTS.device)
@@ -115,9 +191,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def data_from_args(args: argparse.Namespace) -> DataSettings:
+    kinds = ColumnOverrides(tuple(args.categorical), tuple(args.numeric), tuple(args.ignore))
+    return DataSettings(args.data, args.target, args.task, getattr(args, "input_shape", None), kinds)
+
+
 def load_from_args(args: argparse.Namespace) -> Dataset:
     """The dataset the options name (raises DataError)."""
-    return load_dataset(args.data, target=args.target, task=args.task, input_shape=args.input_shape)
+    return load(data_from_args(args))
 
 
 def split_from_args(ds: Dataset, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +227,8 @@ def config_from_args(args: argparse.Namespace, lr: float | None = None) -> FitCo
         patience=args.patience,
         seed=args.seed,
         device=args.device,
+        min_count=args.min_count,
+        cat_encoding=args.cat_encoding,
     )
     config.validate()
     return config

@@ -11,12 +11,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from training import cmd_ensemble, cmd_fit, cmd_lr_find, cmd_search
+from training import cmd_ensemble, cmd_fit, cmd_inspect, cmd_lr_find, cmd_search
 from training.args import add_common_args, load_from_args
 from training.data import DataError
 from training.export import ExportError
+from training.pipeline import SettingError
 
-COMMANDS: list[ModuleType] = [cmd_fit, cmd_lr_find, cmd_search, cmd_ensemble]
+COMMANDS: list[ModuleType] = [cmd_inspect, cmd_fit, cmd_lr_find, cmd_search, cmd_ensemble]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except SettingError as e:  # the library names a field; the user knows it as a flag
+        print(f"error: --{e.field.replace('_', '-')} {e.message}", file=sys.stderr)
+        return 2
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ Every problem with the user's data is a `DataError` with one clear sentence; the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,29 @@ class DataError(Exception):
     """The data cannot be used as given (the message says why, in one sentence)."""
 
 
+@dataclass(frozen=True)
+class ColumnOverrides:
+    """The user's word on column kinds (`--categorical`, `--numeric`, `--ignore`): it beats detection."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one table column was understood, and what training does with it."""
+
+    name: str
+    kind: str  # numeric | categorical | ignored | refused
+    n_missing: int
+    n_distinct: int
+    reason: str  # why this kind (detected, or the user's flag)
+    categories: tuple[str, ...] = ()  # categorical: every distinct value as text, sorted
+    top: tuple[tuple[str, int], ...] = ()  # the most frequent values and their counts
+    extra: dict[str, float] = field(default_factory=dict)  # numeric: min, median, max
+
+
 @dataclass
 class Dataset:
     X: np.ndarray  # float32 [N, F]
@@ -30,6 +53,24 @@ class Dataset:
     feature_names: list[str]
     feature_shape: tuple[int, ...] | None
     name: str
+    # Tables (CSV/Parquet): how every non-target column was understood, ignored ones included. X holds the
+    # used ones in order: numbers (NaN = missing) and, for categorical columns, float codes indexing
+    # `Column.categories` (NaN = missing). The codes are lossless names for strings, not a learned encoding:
+    # every member learns its own vocabulary from its training rows (training.preprocess).
+    columns: list[Column] | None = None
+    dropped_rows: int = 0  # rows dropped because the target was missing
+
+    @property
+    def is_table(self) -> bool:
+        return self.columns is not None
+
+    @property
+    def feature_columns(self) -> list[Column]:
+        return [c for c in self.columns or [] if c.kind != "ignored"]
+
+    @property
+    def categorical(self) -> bool:
+        return any(c.kind == "categorical" for c in self.feature_columns)
 
     @property
     def n_outputs(self) -> int:
@@ -44,8 +85,12 @@ def load_dataset(
     target: str | None = None,
     task: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    kinds: ColumnOverrides | None = None,
 ) -> Dataset:
-    """Load `source` (`digits` or a .csv/.parquet/.npz path) as a validated `Dataset`."""
+    """Load `source` (`digits` or a .csv/.parquet/.npz path) as a validated `Dataset`.
+
+    `kinds` overrides the detected kind of named table columns (`--categorical`, `--numeric`, `--ignore`).
+    """
     if task not in (None, "classification", "regression"):
         raise DataError(f"unknown task {task!r}: use classification or regression")
     if source == "digits":
@@ -58,9 +103,9 @@ def load_dataset(
             raise DataError(f"data file not found: {source} (use 'digits' or a .csv, .parquet or .npz file)")
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            ds = _table(path, _read_csv(path), target, task)
+            ds = _table(path, _read_csv(path), target, task, kinds)
         elif suffix in (".parquet", ".pq"):
-            ds = _table(path, _read_parquet(path), target, task)
+            ds = _table(path, _read_parquet(path), target, task, kinds)
         elif suffix == ".npz":
             ds = _npz(path, task)
         else:
@@ -68,6 +113,8 @@ def load_dataset(
                 f"unknown data format {suffix or '(none)'!r} for {source}: use .csv, .parquet or .npz"
             )
     if input_shape is not None:
+        if ds.categorical:
+            raise DataError("--input-shape needs numeric columns only; this table has categorical columns")
         if int(np.prod(input_shape)) != ds.X.shape[1] or any(d < 1 for d in input_shape):
             raise DataError(
                 f"--input-shape {','.join(map(str, input_shape))} does not match the {ds.X.shape[1]} features"
@@ -112,9 +159,42 @@ def _read_parquet(path: Path):  # -> pd.DataFrame
         raise DataError(f"{path} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
 
 
-def _table(path: Path, df, target: str | None, task: str | None) -> Dataset:
-    import pandas as pd
+def _table(path: Path, df, target: str | None, task: str | None, kinds: ColumnOverrides | None) -> Dataset:
+    """A CSV/Parquet table: column kinds, features (categories as codes into each column's values), target."""
+    from training.columns import detect_columns, encode_features, raise_refused, target_values
 
+    targets, df = _targets(path, df, target)
+    columns = detect_columns(df, targets, kinds or ColumnOverrides())
+    raise_refused(columns)
+    y_frame, keep = target_values(df, targets)
+    dropped = int((~keep).sum())
+    if not keep.any():
+        raise DataError(f"every row of {path.name} is missing the target")
+    df, y_frame = df[keep].reset_index(drop=True), y_frame[keep].reset_index(drop=True)
+    used = [c for c in columns if c.kind != "ignored"]
+    if not used:
+        raise DataError(f"{path.name} has no feature columns to use (all are ignored)")
+    X = encode_features(df, used)
+    _check_finite(X, [c.name for c in used], allow_missing=True)
+    if len(targets) > 1:
+        if task == "classification":
+            raise DataError("classification takes one target column")
+        for t in targets:
+            if not pd_is_numeric(y_frame[t]):
+                raise DataError(f"regression target column {t!r} is not numeric")
+        y_values = y_frame.to_numpy(dtype=np.float64)
+        _check_finite(y_values, targets)
+        ds = _finish(X, y_values, "regression", None, [c.name for c in used], None, path.stem)
+    else:
+        ds = _with_target(
+            X, _target_array(y_frame[targets[0]]), task, [c.name for c in used], None, path.stem, targets[0]
+        )
+    ds.columns = columns
+    ds.dropped_rows = dropped
+    return ds
+
+
+def _targets(path: Path, df, target: str | None):  # -> (list[str], pd.DataFrame)
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DataError(f"{path} is empty (no data rows)")
     df.columns = [str(c) for c in df.columns]
@@ -125,31 +205,47 @@ def _table(path: Path, df, target: str | None, task: str | None) -> Dataset:
     for t in targets:
         if t not in columns:
             raise DataError(f"target column {t!r} not found; available columns: {', '.join(columns)}")
-    features = [c for c in columns if c not in targets]
-    if not features:
+    if len(columns) == len(targets):
         raise DataError(f"{path.name} has no feature columns besides the target")
-    for c in features:
-        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])):
-            raise DataError(
-                f"feature column {c!r} is not numeric (dtype {df[c].dtype}); encode it as numbers"
-            )
-    X = df[features].to_numpy(dtype=np.float64)
-    _check_finite(X, features)
-    if len(targets) > 1:
-        if task == "classification":
-            raise DataError("classification takes one target column")
-        Y = df[targets]
-        for t in targets:
-            if not pd.api.types.is_numeric_dtype(Y[t]):
-                raise DataError(f"regression target column {t!r} is not numeric")
-        y_values = Y.to_numpy(dtype=np.float64)
-        _check_finite(y_values, targets)
-        return _finish(X, y_values, "regression", None, features, None, path.stem)
-    y_col = df[targets[0]]
-    if y_col.isna().any():
-        row = int(np.flatnonzero(y_col.isna().to_numpy())[0])
-        raise DataError(f"target column {targets[0]!r} has a missing value at row {row} (0-based data row)")
-    return _with_target(X, y_col.to_numpy(), task, features, None, path.stem, targets[0])
+    return targets, df
+
+
+def pd_is_numeric(series) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
+
+
+def _target_array(series) -> np.ndarray:
+    """Target values as numpy; a float column whose values are all whole numbers (ints with missing rows,
+    which pandas reads as float) becomes int64 again, so task detection sees class codes."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series):
+        return series.to_numpy().astype(str)
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64)
+        if (
+            np.all(np.isfinite(values))
+            and np.all(values == np.round(values))
+            and np.abs(values).max() < 2**53
+        ):
+            return values.astype(np.int64)
+        return values
+    return series.astype(str).to_numpy()
+
+
+def read_table(source: str):  # -> pd.DataFrame
+    """A CSV or Parquet file as a DataFrame (raises DataError), for `inspect` and the loader."""
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"data file not found: {source} (use a .csv or .parquet file)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path)
+    raise DataError(f"unknown table format {suffix or '(none)'!r} for {source}: use .csv or .parquet")
 
 
 def _npz(path: Path, task: str | None) -> Dataset:
@@ -231,11 +327,16 @@ def _detect_task(y: np.ndarray) -> str:
     return "regression"
 
 
-def _check_finite(values: np.ndarray, names: list[str]) -> None:
-    """Every value must be finite as it will be used: float32 (1e39 is finite in float64, inf in float32)."""
+def _check_finite(values: np.ndarray, names: list[str], allow_missing: bool = False) -> None:
+    """Every value must be finite as it will be used: float32 (1e39 is finite in float64, inf in float32).
+
+    `allow_missing`: NaN marks a missing value in a table (the graph fills it), so only inf is refused.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
         as_used = np.asarray(values).astype(np.float32)
     bad = ~np.isfinite(as_used)
+    if allow_missing:
+        bad &= ~np.isnan(np.asarray(values, dtype=np.float64))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         original = float(np.asarray(values, dtype=np.float64)[row, col])

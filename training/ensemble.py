@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.manifest import MEMBER_OUTPUT, NAME_RE
-from training.cmd_fit import baseline_loss
+from server.manifest import MEMBER_OUTPUT, NAME_RE, tensor_names
 from training.data import Dataset, kfold, split, standardization
 from training.diagnosis import Diagnosis, diagnose
 from training.ensemble_predict import classification_metrics, ensemble_metrics, regression_metrics
-from training.export import export_member
-from training.fit import FitConfig, fit, metric_name
-from training.repository import MemberArtifact, write_version
+from training.export import export_member, export_table_member, table_feed
+from training.fit import FitConfig, baseline_loss, fit, metric_name
+from training.preprocess import table_record
+from training.repository import MemberArtifact, TableRecord, write_version
 
 ARCH_CHOICES = ("auto", "mlp", "cnn", "mixed")
 # Defaults of `ensemble` (measured in docs/training.md): 5 CNN members of 25 epochs at 16 first-stage
@@ -98,6 +98,7 @@ class EnsembleOutcome:
     seconds: float
     rest_mean: np.ndarray  # standardization of the whole non-test part (recorded in the manifest)
     rest_std: np.ndarray
+    table: TableRecord | None = None  # a table model's column inputs and preprocessing record
 
 
 def check_name(name: str) -> None:
@@ -118,13 +119,21 @@ def member_config(settings: EnsembleSettings, i: int) -> FitConfig:
     return config
 
 
-def run_onnx(path: Path, X: np.ndarray, task: str) -> np.ndarray:
-    """One member's served output for rows X, from the ONNX file (what the server runs)."""
+def run_onnx(path: Path, X: np.ndarray, task: str, ds: Dataset | None = None) -> np.ndarray:
+    """One member's served output for rows X, from the ONNX file (what the server runs); a table's rows
+    (`ds` given) go in as the raw columns a client sends."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run([MEMBER_OUTPUT[task]], {name: X.astype(np.float32)})[0]
+    if ds is not None and ds.is_table:
+        feed = table_feed(ds.feature_columns, X, column_tensor_names(ds))
+    else:
+        feed = {session.get_inputs()[0].name: X.astype(np.float32)}
+    return session.run([MEMBER_OUTPUT[task]], feed)[0]
+
+
+def column_tensor_names(ds: Dataset) -> list[str]:
+    return tensor_names([c.name for c in ds.feature_columns])
 
 
 def score(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
@@ -155,8 +164,11 @@ def train_ensemble(
         config = member_config(settings, i)
         result = fit(ds, train_idx, val_idx, config, progress=settings.progress)
         path = work_dir / f"member-{i}.onnx"
-        export_member(result.model, ds.X.shape[1], path, ds.task, sample=ds.X[train_idx[:64]])  # type: ignore[arg-type]
-        out = run_onnx(path, X_test, ds.task)
+        if ds.is_table:
+            export_table_member(result.model, path, ds.task, ds.X[train_idx[:64]], column_tensor_names(ds))  # type: ignore[arg-type]
+        else:
+            export_member(result.model, ds.X.shape[1], path, ds.task, sample=ds.X[train_idx[:64]])  # type: ignore[arg-type]
+        out = run_onnx(path, X_test, ds.task, ds)
         outputs.append(out)
         best = result.history[result.best_epoch - 1] if result.best_epoch else {}
         members.append(
@@ -179,8 +191,17 @@ def train_ensemble(
     keys = list(ens)
     mean_members = {k: float(np.mean([m.test_metrics[k] for m in members])) for k in keys}
     rest_mean, rest_std = standardization(ds.X[rest])
+    table = table_record(ds.feature_columns, ds.X[rest], settings.base.min_count) if ds.is_table else None
     return EnsembleOutcome(
-        members, ens, mean_members, metric, len(test_idx), time.perf_counter() - started, rest_mean, rest_std
+        members,
+        ens,
+        mean_members,
+        metric,
+        len(test_idx),
+        time.perf_counter() - started,
+        rest_mean,
+        rest_std,
+        table,
     )
 
 
@@ -213,6 +234,7 @@ def write_ensemble_version(
         ensemble_metrics=outcome.ensemble_metrics,
         description=description,
         report_dir=report_dir,
+        table=outcome.table,
     )
 
 

@@ -12,6 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,8 +51,8 @@ class _ServingHead(nn.Module):
         self.model = model
         self.task = task
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(*inputs)
         if self.task == "classification":
             return torch.softmax(out, dim=-1)
         # A single-target regressor may return [N]; the manifest promises [N, T].
@@ -166,3 +167,164 @@ def _parity(
             )
         worst = max(worst, diff)
     return worst
+
+
+# ai.onnx.ml opset 2 has LabelEncoder-2 (string keys -> int64 values with a default): onnxruntime's CPU
+# build has run it since 1.1, and it is what turns a category's text into its index inside the graph.
+ML_OPSET = 2
+UNSEEN_TEXT = "\x00never-seen-in-training"  # what the parity check sends as an unseen category
+
+
+def export_table_member(
+    model: nn.Module, path: Path | str, task: Task, sample: np.ndarray, tensor_names: list[str]
+) -> ExportResult:
+    """Write a `TabularNet` as one ONNX graph that takes the table's raw columns, and check it.
+
+    Inputs: with categorical columns, one ``[N, 1]`` input per column (`tensor_names`, in the model's
+    column order): float32 for numbers (NaN = missing), string for categories (the graph's LabelEncoder
+    maps text to the member's index: "" and the `MISSING_TEXT` words to "missing", anything unknown to
+    "rare or unseen"). A numeric-only table keeps one ``input`` ``[N, F]`` (NaN = missing).
+    `sample` (table codes of training rows) feeds the parity check, with missing values and unseen
+    categories added; a disagreement beyond float32 rounding raises ExportError.
+    """
+    from training.preprocess import MISSING_INDEX, OTHER_INDEX
+
+    if task not in MEMBER_OUTPUT:
+        raise ExportError(f"unknown task {task!r}: use 'classification' or 'regression'")
+    path = Path(path)
+    procs = model.procs
+    output_name = MEMBER_OUTPUT[task]
+    cpu_model = copy.deepcopy(model).cpu().eval()  # eval: BatchNorm running statistics, no dropout
+    head = _ServingHead(cpu_model.core, task).eval()
+    rows = _parity_rows(procs, sample)
+    started = time.perf_counter()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            core_inputs = cpu_model.core_inputs(torch.from_numpy(rows[:2]))
+        core_names = (["x_num"] if procs.numeric else []) + (["x_cat"] if procs.categorical else [])
+        if not procs.categorical:
+            core_names = ["input"]
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            torch.onnx.export(
+                head,
+                tuple(core_inputs),
+                str(path),
+                dynamo=False,
+                export_params=True,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                input_names=core_names,
+                output_names=[output_name],
+                dynamic_axes={**{n: {0: "batch"} for n in core_names}, output_name: {0: "batch"}},
+            )
+        export_seconds = time.perf_counter() - t0
+        if procs.categorical:
+            _add_column_inputs(path, procs, tensor_names, MISSING_INDEX, OTHER_INDEX)
+        if path.with_name(path.name + ".data").exists():
+            raise ExportError(f"{path.name}: the export wrote external data; members must be self-contained")
+        onnx.checker.check_model(str(path), full_check=True)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        worst = 0.0
+        for batch in PARITY_BATCHES:
+            x = np.resize(rows, (batch, rows.shape[1])).astype(np.float32)
+            with torch.no_grad():
+                expected = head(*cpu_model.core_inputs(torch.from_numpy(x))).numpy()
+            got = session.run([output_name], table_feed(procs.columns, x, tensor_names))[0]
+            if got.shape != expected.shape or not np.all(np.isfinite(got)):
+                raise ExportError(f"{path.name}: onnxruntime gave {got.shape}, torch {expected.shape}")
+            diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
+            if not np.allclose(got, expected, atol=PARITY_ATOL, rtol=PARITY_RTOL):
+                raise ExportError(
+                    f"{path.name}: onnxruntime and torch disagree at batch size {batch} on rows with missing "
+                    f"values and unseen categories (max abs diff {diff:.3g} > atol {PARITY_ATOL})"
+                )
+            worst = max(worst, diff)
+    except ExportError:
+        raise
+    except Exception as exc:  # torch, onnx and onnxruntime raise many types; the caller needs one
+        raise ExportError(f"exporting {path.name} failed: {exc}") from exc
+    return ExportResult(path, export_seconds, time.perf_counter() - started, worst)
+
+
+def _parity_rows(procs: object, sample: np.ndarray) -> np.ndarray:
+    """Training rows, then the same rows with every value missing, then with unseen categories."""
+    rows = np.asarray(sample, dtype=np.float32)[:16]
+    missing = np.full_like(rows, np.nan)
+    unseen = rows.copy()
+    for j in procs.categorical:  # type: ignore[attr-defined]
+        unseen[:, j] = len(procs.columns[j].categories) + 7  # type: ignore[attr-defined]  # no such code
+    mixed = rows.copy()
+    mixed[::2] = missing[::2]
+    return np.concatenate([rows, missing, unseen, mixed])
+
+
+def table_feed(columns: list[Any], X: np.ndarray, tensor_names: list[str]) -> dict[str, np.ndarray]:
+    """The raw columns a client sends for table codes X (training.data): what the exported graph takes."""
+    from training.columns import categories_as_text
+
+    if not any(c.kind == "categorical" for c in columns):
+        return {"input": np.asarray(X, dtype=np.float32)}
+    feed: dict[str, np.ndarray] = {}
+    for j, (column, name) in enumerate(zip(columns, tensor_names, strict=True)):
+        values = np.asarray(X[:, j], dtype=np.float64)
+        if column.kind == "numeric":
+            feed[name] = values.astype(np.float32).reshape(-1, 1)
+        else:
+            n = len(column.categories)
+            known = np.where((values >= 0) & (values < n), values, np.nan)
+            text = categories_as_text(known, column)
+            text = np.where(~np.isnan(values) & np.isnan(known), UNSEEN_TEXT, text)
+            feed[name] = text.astype(object).reshape(-1, 1)
+    return feed
+
+
+def _add_column_inputs(
+    path: Path, procs: object, tensor_names: list[str], missing_index: int, other_index: int
+) -> None:
+    """Put one input per column in front of the exported core: Concat the numbers into ``x_num``; each
+    category's text -> index with a LabelEncoder, Concat into ``x_cat``."""
+    from onnx import TensorProto, helper
+
+    from training.columns import MISSING_TEXT
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    nodes, inputs = [], []
+    numeric, cats = [], []
+    cat_j = 0
+    for j, (column, name) in enumerate(zip(procs.columns, tensor_names, strict=True)):  # type: ignore[attr-defined]
+        if column.kind == "numeric":
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1]))
+            numeric.append(name)
+        else:
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1]))
+            index = procs.categorify.text_index(cat_j)  # type: ignore[attr-defined]
+            for word in MISSING_TEXT:
+                index.setdefault(word, missing_index)
+            nodes.append(
+                helper.make_node(
+                    "LabelEncoder",
+                    [name],
+                    [f"index_{j}"],
+                    domain="ai.onnx.ml",
+                    keys_strings=list(index),
+                    values_int64s=list(index.values()),
+                    default_int64=other_index,
+                )
+            )
+            cats.append(f"index_{j}")
+            cat_j += 1
+    if numeric:
+        nodes.append(helper.make_node("Concat", numeric, ["x_num"], axis=1))
+    nodes.append(helper.make_node("Concat", cats, ["x_cat"], axis=1))
+    core_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + core_nodes)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
+    onnx.save(model, str(path))

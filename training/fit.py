@@ -16,7 +16,7 @@ from torch import nn
 
 from training.data import Dataset, standardization
 from training.ensemble_predict import regression_metrics
-from training.models import ARCHS, BN_POSITIONS, build_model
+from training.models import ARCHS, BN_POSITIONS, CAT_ENCODINGS, build_model, build_table_model
 from training.schedules import SCHEDULE_NAMES, LRSchedule, validate_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -40,6 +40,8 @@ class FitConfig:
     patience: int = 15  # early stopping: epochs without a better validation loss
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    min_count: int = 1  # tables: a category seen fewer times in a member's training rows is pooled as rare
+    cat_encoding: str = "embedding"  # tables: embedding (fastai's emb_sz_rule) | onehot
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -57,6 +59,10 @@ class FitConfig:
                 f"arch must be one of {ARCHS}, bn_position one of {BN_POSITIONS}, "
                 f"schedule one of {SCHEDULE_NAMES}"
             )
+        if self.cat_encoding not in CAT_ENCODINGS:
+            raise ValueError(f"cat_encoding must be one of {', '.join(CAT_ENCODINGS)}")
+        if self.min_count < 1:
+            raise ValueError("min_count must be >= 1")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
         validate_params(self.schedule, self.schedule_params)
@@ -112,11 +118,27 @@ def seed_everything(seed: int) -> None:
 
 
 def make_model(ds: Dataset, train_idx: np.ndarray, config: FitConfig) -> nn.Module:
-    """The untrained network with standardization statistics from the training rows only."""
-    mean, std = standardization(ds.X[train_idx])
+    """The untrained network with its preprocessing fitted on the training rows only."""
     target_mean = target_std = None
     if ds.task == "regression":
         target_mean, target_std = standardization(ds.y[train_idx])
+    if ds.is_table:
+        if config.arch != "mlp":
+            raise ValueError("tables train with --arch mlp (the CNN needs image-shaped rows from an NPZ)")
+        return build_table_model(
+            ds.feature_columns,
+            ds.X[train_idx],
+            ds.n_outputs,
+            width=config.width,
+            depth=config.depth,
+            dropout=config.dropout,
+            bn_position=config.bn_position,
+            target_mean=target_mean,
+            target_std=target_std,
+            min_count=config.min_count,
+            cat_encoding=config.cat_encoding,
+        )
+    mean, std = standardization(ds.X[train_idx])
     return build_model(
         config.arch,
         ds.X.shape[1],
@@ -215,6 +237,15 @@ def evaluate(model: nn.Module, ds: Dataset, idx: np.ndarray) -> dict[str, float]
     # The same rmse and R2 (mean of per-target R2, as scikit-learn) as the ensemble's held-out metrics.
     scores = regression_metrics(ds.y[idx], out)
     return {"rmse": scores["rmse"], "r2": scores["r2"], "loss": scores["rmse"] ** 2}
+
+
+def baseline_loss(ds: Dataset, train_idx: np.ndarray) -> float:
+    """The loss of a model that knows only the training distribution of the target."""
+    if ds.task == "classification":
+        p = np.bincount(ds.y[train_idx], minlength=ds.n_outputs) / len(train_idx)
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())  # entropy: log(C) when balanced
+    return float(ds.y[train_idx].var(axis=0).mean())
 
 
 def metric_name(ds: Dataset) -> str:

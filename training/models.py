@@ -8,6 +8,8 @@ own units (regression). Ops stay simple (static reshapes, no data-dependent shap
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,3 +183,153 @@ def build_model(
     if target_mean is not None and target_std is not None:
         destandardize = Destandardize(target_mean, target_std)
     return Network(Standardize(mean, std), body, destandardize)
+
+
+def emb_sz_rule(n_cat: int) -> int:
+    """fastai's embedding width for a column with `n_cat` indices (reserved ones included)."""
+    return min(600, round(1.6 * n_cat**0.56))
+
+
+CAT_ENCODINGS = ("embedding", "onehot")
+
+
+def category_encoder(n_cat: int, encoding: str) -> nn.Embedding:
+    """A learned embedding (emb_sz_rule wide), or a frozen identity table: one-hot as a lookup, so both
+    export as one Gather."""
+    if encoding == "onehot":
+        table = nn.Embedding(n_cat, n_cat)
+        table.weight.data.copy_(torch.eye(n_cat))
+        table.weight.requires_grad_(False)
+        return table
+    if encoding != "embedding":
+        raise ValueError(f"unknown category encoding {encoding!r}: use one of {', '.join(CAT_ENCODINGS)}")
+    return nn.Embedding(n_cat, emb_sz_rule(n_cat))
+
+
+class TableCore(nn.Module):
+    """What a table member's exported graph computes after text -> index: fill, normalize, embed, MLP.
+
+    ``forward(x_num [N, Fn] float with NaN, x_cat [N, C] int64)``; either is left out when the table has
+    no column of its kind (so a numeric-only table keeps one ``[N, F]`` input).
+    """
+
+    def __init__(
+        self,
+        fill: nn.Module | None,
+        normalize: nn.Module | None,
+        cardinalities: Sequence[int],
+        body: nn.Module,
+        destandardize: nn.Module,
+        cat_encoding: str = "embedding",
+    ) -> None:
+        super().__init__()
+        self.fill = fill
+        self.normalize = normalize
+        self.embeddings = nn.ModuleList(category_encoder(n, cat_encoding) for n in cardinalities)
+        self.body = body
+        self.destandardize = destandardize
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        rest = list(inputs)
+        if self.fill is not None:
+            filled, indicators = self.fill(rest.pop(0))
+            parts += [self.normalize(filled), indicators]
+        if len(self.embeddings):
+            x_cat = rest.pop(0)
+            parts += [emb(x_cat[:, j]) for j, emb in enumerate(self.embeddings)]
+        return self.destandardize(self.body(torch.cat(parts, dim=1)))
+
+
+class TabularNet(nn.Module):
+    """A table member as training sees it: ``model(X [N, F])`` with a table's codes (training.data), split
+    into numeric columns and category codes, the codes mapped to this member's vocabulary, then the core."""
+
+    def __init__(
+        self,
+        core: TableCore,
+        numeric: Sequence[int],
+        categorical: Sequence[int],
+        categorify: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("numeric", torch.as_tensor(list(numeric), dtype=torch.int64))
+        self.register_buffer("categorical", torch.as_tensor(list(categorical), dtype=torch.int64))
+        self.categorify = categorify
+
+    @property
+    def destandardize(self) -> nn.Module:
+        return self.core.destandardize
+
+    def core_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        inputs = []
+        if len(self.numeric):
+            inputs.append(x.index_select(1, self.numeric))
+        if self.categorify is not None:
+            inputs.append(self.categorify(x.index_select(1, self.categorical)))
+        return inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core(*self.core_inputs(x))
+
+
+def build_table_model(
+    columns: Sequence[Any],
+    X_train: np.ndarray,
+    n_outputs: int,
+    *,
+    width: int | None = None,
+    depth: int | None = None,
+    dropout: float = 0.1,
+    bn_position: str = "before",
+    target_mean: np.ndarray | None = None,
+    target_std: np.ndarray | None = None,
+    min_count: int = 1,
+    cat_encoding: str = "embedding",
+) -> TabularNet:
+    """A `TabularNet` whose procs (training.preprocess) are fitted on `X_train` (a table's used columns)."""
+    from training.preprocess import Categorify, FillMissing, Normalize
+
+    width = DEFAULT_WIDTH["mlp"] if width is None else width
+    depth = DEFAULT_DEPTH["mlp"] if depth is None else depth
+    if width < 1 or depth < 1 or not 0 <= dropout < 1:
+        raise ValueError("width and depth must be >= 1 and dropout in [0, 1)")
+    numeric = [j for j, c in enumerate(columns) if c.kind == "numeric"]
+    categorical = [j for j, c in enumerate(columns) if c.kind == "categorical"]
+    fill = normalize = categorify = None
+    n_in = 0
+    if numeric:
+        fill = FillMissing().setups(X_train[:, numeric])
+        normalize = Normalize().setups(fill.encodes(X_train[:, numeric])[:, : len(numeric)])
+        n_in += fill.n_out
+    if categorical:
+        categorify = Categorify([columns[j].categories for j in categorical], min_count).setups(
+            X_train[:, categorical]
+        )
+        n_in += sum(category_encoder(n, cat_encoding).embedding_dim for n in categorify.cardinalities)
+    destandardize: nn.Module = nn.Identity()
+    if target_mean is not None and target_std is not None:
+        destandardize = Destandardize(target_mean, target_std)
+    core = TableCore(
+        fill.module() if fill else None,
+        normalize.module() if normalize else None,
+        categorify.cardinalities if categorify else [],
+        MLP(n_in, n_outputs, width, depth, dropout, bn_position),
+        destandardize,
+        cat_encoding,
+    )
+    model = TabularNet(core, numeric, categorical, categorify.module() if categorify else None)
+    # The fitted procs, for the export (text -> index inside the graph) and the manifest's record.
+    model.procs = TableProcs(list(columns), numeric, categorical, fill, normalize, categorify)
+    return model
+
+
+@dataclass
+class TableProcs:
+    columns: list[Any]  # training.data.Column of the used columns, in X's order
+    numeric: list[int]
+    categorical: list[int]
+    fill: Any
+    normalize: Any
+    categorify: Any

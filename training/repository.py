@@ -30,10 +30,12 @@ from server.manifest import (
     MANIFEST_FILE,
     MEMBER_OUTPUT,
     NAME_RE,
+    ColumnInput,
     InputSpec,
     Manifest,
     Member,
     Preprocessing,
+    TablePreprocessing,
     Task,
     output_specs,
     sha256_file,
@@ -49,6 +51,14 @@ LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy")
 
 class RepositoryError(ValueError):
     """The version cannot be written: bad name, bad members or a manifest the server would refuse."""
+
+
+@dataclass(frozen=True)
+class TableRecord:
+    """A table model's signature and preprocessing record (training.pipeline builds it)."""
+
+    columns: list[ColumnInput]  # one input per column; empty: a numeric-only table's one [-1, F] input
+    preprocessing: TablePreprocessing
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,10 @@ def existing_versions(model_dir: Path) -> list[int]:
 
 
 def _member_io(path: Path, task: Task) -> tuple[str, int, int]:
-    """(input name, number of features, output width) of a member graph, checked against the contract."""
+    """(input name, number of features, output width) of a member graph, checked against the contract.
+
+    A table member with one input per column gives its input names joined by "," and 0 features.
+    """
     if not path.is_file():
         raise RepositoryError(f"member file {path} does not exist")
     try:
@@ -94,6 +107,14 @@ def _member_io(path: Path, task: Task) -> tuple[str, int, int]:
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
         raise RepositoryError(f"member {path.name} keeps weights in an external file: export it whole")
     expected = MEMBER_OUTPUT[task]
+    if len(graph.input) > 1 or graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING:
+        out_dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+        if [o.name for o in graph.output] != [expected] or len(out_dims) != 2 or out_dims[1] < 1:
+            raise RepositoryError(f"member {path.name} must have one output {expected!r} [batch, W]")
+        for i in graph.input:
+            if [d.dim_value for d in i.type.tensor_type.shape.dim] != [0, 1]:
+                raise RepositoryError(f"member {path.name}: column input {i.name!r} must be [batch, 1]")
+        return ",".join(i.name for i in graph.input), 0, out_dims[1]
     if len(graph.input) != 1 or [o.name for o in graph.output] != [expected]:
         raise RepositoryError(f"member {path.name} must have one input and one output named {expected!r}")
     in_dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
@@ -125,10 +146,13 @@ def write_version(
     ensemble_metrics: dict[str, float] | None = None,
     description: str = "",
     report_dir: Path | str | None = None,
+    table: TableRecord | None = None,
 ) -> Path:
     """Write the next version of model `name` and return its folder (e.g. ``repository/name/3``).
 
     The input name, feature count and output width are read from the member graphs, which must agree.
+    `table` (a model trained on a CSV/Parquet table) writes a schema-2 manifest: its column inputs (which
+    must match the graphs' inputs) and preprocessing record replace `feature_names`/`mean`/`std`.
     Raises RepositoryError (a ValueError) with one clear sentence for bad input; leaves nothing behind.
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -141,6 +165,8 @@ def write_version(
     if len(ios) != 1:
         raise RepositoryError(f"member graphs disagree on input name, feature count or output width: {ios}")
     input_name, n_features, width = ios.pop()
+    if table is not None and table.columns and input_name != ",".join(c.name for c in table.columns):
+        raise RepositoryError(f"member inputs {input_name} do not match the table's columns")
     if (mean is None) != (std is None):
         raise RepositoryError("give both mean and std (the standardization in the graphs), or neither")
     if report_dir is not None and not Path(report_dir).is_dir():
@@ -180,23 +206,29 @@ def write_version(
             "created_at": datetime.now(UTC),
             "libraries": library_versions(),
             "description": description,
-            "inputs": [
+            "inputs": table.columns
+            if table is not None and table.columns
+            else [
                 InputSpec(
                     name=input_name,
                     datatype="FP32",
                     shape=[-1, n_features],
                     feature_names=list(feature_names) if feature_names is not None else None,
                     feature_shape=list(feature_shape) if feature_shape is not None else None,
+                    accepts_missing=table is not None,
                 )
             ],
             "outputs": output_specs(task, width),
             "labels": list(labels) if labels is not None else None,
             "members": records,
             "preprocessing": (
-                Preprocessing(mean=[float(v) for v in mean], std=[float(v) for v in std])
+                table.preprocessing
+                if table is not None
+                else Preprocessing(mean=[float(v) for v in mean], std=[float(v) for v in std])
                 if mean is not None and std is not None
                 else None
             ),
+            "schema_version": 2 if table is not None else 1,
             "metrics": metrics,
         }
         return _publish(tmp, model_dir, fields)

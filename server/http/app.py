@@ -10,13 +10,14 @@ lifespan (``server.lifecycle.running``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
 
 from server import __version__
+from server.errors import ServerError
 from server.http import docs
 from server.http.drain import DrainMiddleware
 from server.http.endpoint import Call, Endpoint, Reply, Route
@@ -24,11 +25,14 @@ from server.http.errors import JSON, Receive, Scope, Send, install_error_handler
 from server.lifecycle import Services, running
 from server.manifest import Manifest
 from server.metrics import CONTENT_TYPE
+from server.observability import RequestContext
 from server.protocol import v1, v2
 from server.protocol.tensors import InferenceRequest, InferenceResponse
 
 _HEADER_LENGTH = b"inference-header-content-length"
 _AUTHORIZATION = b"authorization"
+_REQUEST_ID, _TRACEPARENT, _TRACESTATE = b"x-request-id", b"traceparent", b"tracestate"
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _json(body: Any, status: int = 200) -> Reply:
@@ -47,6 +51,38 @@ async def live(s: Services, call: Call) -> Reply:
 async def ready(s: Services, call: Call) -> Reply:
     state = s.dataplane.readiness()
     return _json(state, 200 if state["ready"] else 503)
+
+
+# ---------------------------------------------------------------------------------- observability
+def _context(s: Services, call: Call) -> RequestContext | None:
+    """What server.observability needs of an inference request: X-Request-ID, the caller's W3C trace
+    context and the peer (only the id, to echo it, when nothing is logged or traced)."""
+    if s.dataplane.observer is None:
+        rid = call.header(_REQUEST_ID)
+        return RequestContext(rid) if rid else None
+    rid = traceparent = tracestate = None
+    for key, value in call.scope["headers"]:
+        if key == _REQUEST_ID:
+            rid = rid or value.decode("latin-1")
+        elif key == _TRACEPARENT:
+            traceparent = traceparent or value.decode("latin-1")
+        elif key == _TRACESTATE:
+            tracestate = tracestate or value.decode("latin-1")
+    client = call.scope.get("client")
+    return RequestContext(rid, traceparent, tracestate, f"{client[0]}:{client[1]}" if client else None)
+
+
+async def _echo_request_id(context: RequestContext | None, answer: Awaitable[Reply]) -> Reply:
+    """`answer`, or its error, with X-Request-ID: the client's own, else the id it was logged under."""
+    try:
+        status, body, content_type, headers = await answer
+    except ServerError as exc:
+        if context is not None and (rid := context.echo_id):
+            exc.headers[REQUEST_ID_HEADER] = rid
+        raise
+    if context is None or not (rid := context.echo_id):
+        return status, body, content_type, headers
+    return status, body, content_type, {**(headers or {}), REQUEST_ID_HEADER: rid}
 
 
 # ---------------------------------------------------------------------------------- V2 models
@@ -89,7 +125,9 @@ async def infer(s: Services, call: Call) -> Reply:
             return 200, out, v2.JSON_CONTENT_TYPE, None
         return 200, out, v2.BINARY_CONTENT_TYPE, {v2.HEADER_LENGTH_HEADER: str(length)}
 
-    return await s.dataplane.infer_with(name, version, decode, encode, protocol="v2")
+    context = _context(s, call)
+    answer = s.dataplane.infer_with(name, version, decode, encode, protocol="v2", context=context)
+    return await (answer if context is None else _echo_request_id(context, answer))
 
 
 # ---------------------------------------------------------------------------------- V1
@@ -102,7 +140,9 @@ async def predict(s: Services, call: Call) -> Reply:
     def encode(manifest: Manifest, request: InferenceRequest, response: InferenceResponse) -> Reply:
         return 200, v1.encode_response(manifest, response), JSON, None
 
-    return await s.dataplane.infer_with(name, None, decode, encode, protocol="v1")
+    context = _context(s, call)
+    answer = s.dataplane.infer_with(name, None, decode, encode, protocol="v1", context=context)
+    return await (answer if context is None else _echo_request_id(context, answer))
 
 
 # ---------------------------------------------------------------------------------- repository admin

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from server.inputs import CASTABLE
+from server.manifest import ColumnInput, Manifest, TablePreprocessing
 
 if TYPE_CHECKING:
     from server.http.endpoint import Route
@@ -46,7 +47,7 @@ def assets_dir() -> Path | None:
 class V2InputTensor(BaseModel):
     name: str = Field(description="The model's input name (see the model metadata).", examples=["input"])
     shape: list[int] = Field(description="[rows, features].", examples=[[2, 4]])
-    datatype: str = Field(examples=["FP32"], json_schema_extra={"enum": sorted(CASTABLE)})
+    datatype: str = Field(examples=["FP32"], json_schema_extra={"enum": sorted({*CASTABLE, "BYTES"})})
     data: list[Any] | None = Field(
         default=None,
         description="Row-major values, flat or nested; absent when the tensor travels as binary data.",
@@ -71,7 +72,9 @@ class V2InferenceRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(
         default=None, description="`binary_data_output`: true for every output as raw bytes."
     )
-    inputs: list[V2InputTensor] = Field(min_length=1, max_length=1)
+    inputs: list[V2InputTensor] = Field(
+        min_length=1, description="The model's one input, or for a table model one input per column."
+    )
     outputs: list[V2RequestedOutput] | None = Field(
         default=None, description="Outputs to return; absent or empty: every output."
     )
@@ -93,10 +96,15 @@ class V2InferenceResponse(BaseModel):
 
 
 class V1PredictRequest(BaseModel):
-    """Simple JSON: one list of raw feature values per row."""
+    """Simple JSON: one list of raw feature values per row; or for a table model (and a matrix model that
+    names its features) records keyed by column (``null`` = missing), or ``inputs``: lists keyed by column.
+    The examples of this body are built from the loaded models."""
 
-    instances: list[list[float]] = Field(
-        min_length=1, examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]]
+    instances: list[list[float] | dict[str, Any]] | None = Field(
+        default=None, min_length=1, examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]]
+    )
+    inputs: dict[str, list[Any]] | None = Field(
+        default=None, description="Columns: each column's name and its values, one per row."
     )
 
 
@@ -164,8 +172,71 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
+def _example_value(column: ColumnInput, median: float | None) -> Any:
+    if column.kind == "categorical":
+        return (column.categories or [""])[0]
+    return round(median, 3) if median is not None else 0.0
+
+
+def model_examples(manifest: Manifest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Example V2 and V1 bodies for one model: two rows (for a table model the second has missing values)."""
+    if not manifest.is_table:
+        spec = manifest.input
+        width = spec.shape[1]
+        row = [0.0] * width
+        v2 = {"inputs": [{"name": spec.name, "datatype": "FP32", "shape": [1, width], "data": row}]}
+        if spec.feature_names:
+            return v2, {"instances": [dict(zip(spec.feature_names, row, strict=True))]}
+        return v2, {"instances": [row]}
+    pre = manifest.preprocessing
+    medians = {c.column: c.median for c in pre.columns} if isinstance(pre, TablePreprocessing) else {}
+    first = {c.column: _example_value(c, medians.get(c.column)) for c in manifest.columns}
+    second = {c.column: (None if c.accepts_missing else first[c.column]) for c in manifest.columns}
+    v2_inputs = [
+        {"name": c.name, "datatype": c.datatype, "shape": [2, 1], "data": [first[c.column], second[c.column]]}
+        for c in manifest.columns
+    ]
+    return {"inputs": v2_inputs}, {"instances": [first, second]}
+
+
+def _with_model_examples(doc: dict[str, Any], manifests: Sequence[Manifest]) -> dict[str, Any]:
+    """`doc` with each loaded model's example bodies on the inference routes (the cache is not changed)."""
+    if not manifests:
+        return doc
+    v2: dict[str, Any] = {}
+    v1: dict[str, Any] = {}
+    for manifest in manifests:
+        v2_body, v1_body = model_examples(manifest)
+        summary = f"{manifest.name} ({'one input per column' if manifest.is_table else 'one matrix input'})"
+        v2[manifest.name] = {"summary": summary, "value": v2_body}
+        v1[manifest.name] = {"summary": summary, "value": v1_body}
+    paths = dict(doc["paths"])
+    for path, examples in (
+        *((p, v2) for p in paths if p.endswith("/infer")),
+        *((p, v1) for p in paths if p.endswith(":predict")),
+    ):
+        post = dict(paths[path]["post"])
+        body = dict(post["requestBody"])
+        content = dict(body["content"])
+        content["application/json"] = {**content["application/json"], "examples": examples}
+        body["content"], post["requestBody"] = content, body
+        paths[path] = {**paths[path], "post": post}
+    return {**doc, "paths": paths}
+
+
 def openapi(app: FastAPI, routes: Sequence[Route]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `routes` (cached on the app)."""
+    """The OpenAPI 3.1 document of `routes` (cached on the app), with example bodies of the loaded models."""
+    services = getattr(app.state, "services", None)
+    manifests: list[Manifest] = []
+    if services is not None:
+        latest: dict[str, Manifest] = {}
+        for sv in sorted(services.registry.models.values(), key=lambda sv: (sv.name, sv.version)):
+            latest[sv.name] = sv.manifest
+        manifests = list(latest.values())
+    return _with_model_examples(_base_document(app, routes), manifests)
+
+
+def _base_document(app: FastAPI, routes: Sequence[Route]) -> dict[str, Any]:
     if app.openapi_schema is None:
         paths: dict[str, dict[str, Any]] = {}
         for route in routes:

@@ -38,7 +38,12 @@ DATATYPES: Mapping[str, np.dtype] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-_SUPPORTED = ", ".join(DATATYPES)
+_SUPPORTED = ", ".join([*DATATYPES, "BYTES"])
+# BYTES (text) has no fixed-size binary form: decoded arrays hold Python objects (bytes from binary data,
+# the JSON values from JSON data), which the data plane reads per column (server.inputs).
+BYTES = "BYTES"
+OBJECT = np.dtype(object)
+FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 class ProtocolError(BadRequest, ValueError):
@@ -136,8 +141,8 @@ def check_datatype(datatype: str, who: str) -> np.dtype:
     try:
         return DATATYPES[datatype]
     except KeyError:
-        if datatype == "BYTES":
-            raise ProtocolError(f"{who} has datatype BYTES, which this server does not support.") from None
+        if datatype == BYTES:
+            return OBJECT
         raise ProtocolError(f"{who} has unknown datatype '{datatype}'; supported: {_SUPPORTED}.") from None
 
 
@@ -145,6 +150,8 @@ def check_datatype(datatype: str, who: str) -> np.dtype:
 
 
 def decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    if datatype == BYTES:
+        return decode_binary_bytes(name, shape, raw)
     dtype = DATATYPES[datatype]
     needed = math.prod(shape) * dtype.itemsize
     if len(raw) != needed:
@@ -157,10 +164,95 @@ def decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: 
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+def decode_binary_bytes(name: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    """Triton's binary BYTES: each element a 4-byte little-endian length, then that many bytes."""
+    needed = math.prod(shape)
+    out = np.empty(needed, dtype=OBJECT)
+    view = memoryview(raw).cast("B")
+    offset, end = 0, len(view)
+    for i in range(needed):
+        if offset + 4 > end:
+            raise ProtocolError(
+                f"Input '{name}' has binary BYTES data for {i} elements "
+                f"but shape {list(shape)} needs {needed}."
+            )
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > end:
+            raise ProtocolError(
+                f"Element {i} of input '{name}' claims {size} bytes, more than the data holds."
+            )
+        out[i] = bytes(view[offset : offset + size])
+        offset += size
+    if offset != end:
+        raise ProtocolError(
+            f"Input '{name}' has {end - offset} bytes of binary data left over after its {needed} elements."
+        )
+    return out.reshape(shape)
+
+
+def _flatten(name: str, data: list[Any]) -> list[Any]:
+    """Row-major values of nested JSON arrays (each nesting level must be regular, as for numbers)."""
+    flat: list[Any] = []
+
+    ragged = ProtocolError(
+        f"The 'data' of input '{name}' is ragged (nested arrays differ in length) or nested too deeply."
+    )
+
+    def walk(item: list[Any], depth: int) -> None:
+        if depth > MAX_DIMS:
+            raise ragged
+        nested = [isinstance(value, list) for value in item]
+        if not any(nested):
+            flat.extend(item)
+            return
+        if not all(nested) or len({len(value) for value in item}) > 1:
+            raise ragged
+        for value in item:
+            walk(value, depth + 1)
+
+    walk(data, 1)
+    return flat
+
+
+def _decode_json_bytes(name: str, shape: tuple[int, ...], flat: list[Any]) -> np.ndarray:
+    """JSON BYTES data: strings; as this project's extension also numbers, booleans and ``null`` (a missing
+    value), which a table model's categorical column reads as their text (server.inputs)."""
+    needed = math.prod(shape)
+    if len(flat) != needed:
+        raise ProtocolError(
+            f"Input '{name}' has {len(flat)} values in 'data' but shape {list(shape)} needs {needed}."
+        )
+    for value in flat:
+        if value is not None and not isinstance(value, str | int | float):
+            raise ProtocolError(
+                f"The 'data' of input '{name}' holds a value that is neither text nor a number."
+            )
+    out = np.empty(needed, dtype=OBJECT)
+    out[:] = flat
+    return out.reshape(shape)
+
+
+def _nulls_as_nan(values: np.ndarray) -> np.ndarray:
+    """An object array from JSON numbers and ``null`` -> float64 with NaN; anything else stays as it is
+    (and is refused by the caller)."""
+    flat = values.reshape(-1)
+    if not any(v is None for v in flat):
+        return values
+    if not all(v is None or (type(v) in (int, float)) for v in flat):
+        return values
+    out = np.array([np.nan if v is None else v for v in flat], dtype=np.float64)
+    return out.reshape(values.shape)
+
+
 def decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """Decode ``data`` (flat or nested lists, row-major) without Python loops over the elements."""
+    """Decode ``data`` (flat or nested lists, row-major) without Python loops over the elements (BYTES and
+    floats with ``null`` aside: this project's extension reads ``null`` in FP data as NaN, a missing value,
+    which the data plane accepts only where the model's graph fills it in)."""
     if not isinstance(data, list):
         raise ProtocolError(f"The 'data' of input '{name}' must be a JSON array.")
+    if datatype == BYTES:
+        return _decode_json_bytes(name, shape, _flatten(name, data))
     try:
         # numpy infers bool / int64 / uint64 / float64 for numbers; anything else gives str or object.
         values = np.array(data)
@@ -171,6 +263,8 @@ def decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: A
     except (TypeError, OverflowError):
         raise ProtocolError(f"The 'data' of input '{name}' holds values that are not numbers.") from None
     needed = math.prod(shape)
+    if values.dtype == OBJECT and datatype in FLOATS:
+        values = _nulls_as_nan(values)
     if values.dtype.kind not in "biuf":
         raise ProtocolError(
             f"The 'data' of input '{name}' holds values that are not numbers (or integers beyond 64 bits)."

@@ -42,3 +42,11 @@ def test_the_256_row_verdict_ignores_cells_with_errors() -> None:
     rows = report.verdicts(cells, {("fused", 256): 100_000.0}, 1.0)
     target = next(r for r in rows if r[0].startswith("256 rows"))
     assert target[1] == "90% (c=16)" and target[2] == "PASS"
+
+
+def test_compare_env_per_variant() -> None:
+    env = compare.parse_env(["log:ENSEMBLE_REQUEST_LOG=full", "log:A=b=c"], ["off", "log"])
+    assert env == {"off": {}, "log": {"ENSEMBLE_REQUEST_LOG": "full", "A": "b=c"}}
+    for bad in ("nope:A=1", "log:A", "A=1"):
+        with pytest.raises(SystemExit):
+            compare.parse_env([bad], ["off", "log"])

@@ -20,22 +20,21 @@ from benchmarks.minimal_asgi import app as minimal_app
 from benchmarks.wrk_runner import parse_output
 from server.manifest import read_manifest
 from server.protocol.v2 import binary_outputs, parse_infer_request
+from testing.members import fuse_members
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def version_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from benchmarks.bench_model import build_repository
+    from testing.stand_ins import bench_version
 
-    return build_repository(tmp_path_factory.mktemp("repo"), n_members=2)
+    return bench_version(tmp_path_factory.mktemp("repo"), n_members=2)
 
 
 def test_benchmark_model_is_a_valid_version_and_the_fused_graph_averages_its_members(
     version_dir: Path,
 ) -> None:
-    from benchmarks.bench_model import fuse_members
-
     manifest = read_manifest(version_dir)
     assert [m.file for m in manifest.members] == ["member-0.onnx", "member-1.onnx"]
     assert manifest.inputs[0].shape == [-1, 64]
@@ -135,7 +134,7 @@ def test_verdicts_compare_medians_against_the_targets() -> None:
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_quick_run_measures_the_limits_and_the_baseline(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "run", "--quick", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

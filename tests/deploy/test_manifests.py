@@ -104,13 +104,16 @@ def test_kustomization_lists_the_expected_kinds() -> None:
 def test_probes_use_the_v2_health_paths_on_the_served_port() -> None:
     container = _container(_k8s_objects()["Deployment"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness over gRPC (grpc.health.v1, the same readiness as /v2/health/ready) or HTTP.
+    readiness = container["readinessProbe"]
+    assert readiness.get("httpGet", {}).get("path", "/v2/health/ready") == "/v2/health/ready"
     assert container["startupProbe"]["httpGet"]["path"].startswith("/v2/health/")
     port_names = {p["name"] for p in container["ports"]}
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] in port_names | {
-            p["containerPort"] for p in container["ports"]
-        }
+        action = container[probe].get("httpGet") or container[probe]["grpc"]
+        assert action["port"] in port_names | {p["containerPort"] for p in container["ports"]}
+    if "grpc" in readiness:
+        assert readiness["grpc"]["port"] == int(_env(container)["ENSEMBLE_GRPC_PORT"])
 
 
 def test_grace_period_outlasts_prestop_and_drain() -> None:
@@ -142,11 +145,13 @@ def test_ports_agree_between_dockerfile_deployment_service_and_scrape_annotation
     objects = _k8s_objects()
     deployment, service = objects["Deployment"], objects["Service"]
     container = _container(deployment)
-    (port,) = container["ports"]
-    assert {port["containerPort"]} == _dockerfile_exposed_ports()
+    ports = {p["name"]: p for p in container["ports"]}
+    assert {p["containerPort"] for p in ports.values()} == _dockerfile_exposed_ports()
+    port = ports["http"]
     assert int(_env(container)["ENSEMBLE_PORT"]) == port["containerPort"]
-    (service_port,) = service["spec"]["ports"]
-    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    assert int(_env(container)["ENSEMBLE_GRPC_PORT"]) == ports["grpc"]["containerPort"]
+    targets = {p["targetPort"] for p in service["spec"]["ports"]}
+    assert targets == {"http", "grpc"} or targets == {p["containerPort"] for p in ports.values()}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == port["containerPort"]
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -275,3 +280,13 @@ def test_promtool_checks_and_unit_tests_the_alerts() -> None:
         [promtool, "test", "rules", str(PROMETHEUS / "alerts_test.yml")], capture_output=True, text=True
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_workers_follow_the_containers_cpu_limit() -> None:
+    # auto = the CPUs the process may use, which inside the container is the cgroup quota the limit sets.
+    container = _container(_k8s_objects()["Deployment"])
+    assert _env(container)["ENSEMBLE_WORKERS"] == "auto"
+    assert float(container["resources"]["limits"]["cpu"]) >= 1
+    dockerfile = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^ENV .*\bENSEMBLE_WORKERS=auto\b", final_stage, re.M)

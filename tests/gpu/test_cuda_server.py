@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.onnx_repo import numpy_member, write_version
-from tests.helpers.server_process import ServerProcess
+from testing.repositories import Repository
+from testing.server_process import ServerProcess
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.gpu
@@ -28,10 +28,10 @@ N_FEATURES, WIDTH = 64, 10
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    root = tmp_path_factory.mktemp("gpu-repo")
-    weights = write_version(root, "gpu", 1, n_features=N_FEATURES, width=WIDTH, members=5, hidden=[256, 256])
-    return root, weights
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    repo = Repository(tmp_path_factory.mktemp("gpu-repo"))
+    repo.add("gpu", 1, n_features=N_FEATURES, width=WIDTH, members=5, hidden=[256, 256])
+    return repo
 
 
 def _start(root: Path, device: str, log: Path) -> ServerProcess:
@@ -42,12 +42,12 @@ def _start(root: Path, device: str, log: Path) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def servers(repo: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def servers(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     logs = tmp_path_factory.mktemp("gpu-logs")
     started: dict[str, ServerProcess] = {}
     try:
         for device in ("cuda", "cpu", "auto"):
-            started[device] = _start(repo[0], device, logs / f"{device}.log")
+            started[device] = _start(repo.root, device, logs / f"{device}.log")
         yield started
     finally:
         for proc in started.values():
@@ -71,10 +71,10 @@ def test_auto_device_picks_a_gpu_provider_that_loads(servers: dict) -> None:
     assert running in (["TensorrtExecutionProvider"], ["CUDAExecutionProvider"]), running
 
 
-def test_cuda_answers_equal_cpu_answers_and_numpy(servers: dict, repo: tuple[Path, list]) -> None:
+def test_cuda_answers_equal_cpu_answers_and_numpy(servers: dict, repo: Repository) -> None:
     rng = np.random.default_rng(7)
     x = rng.standard_normal((37, N_FEATURES)).astype(np.float32)
-    expected = np.mean([numpy_member(w, x, "classification") for w in repo[1]], axis=0)
+    expected = repo.expected(x, "gpu")
     answers = {}
     for device, proc in servers.items():
         body = {
@@ -91,7 +91,7 @@ def test_cuda_answers_equal_cpu_answers_and_numpy(servers: dict, repo: tuple[Pat
     np.testing.assert_allclose(answers["auto"], answers["cpu"], atol=1e-5)
 
 
-def test_concurrent_requests_on_cuda_each_get_their_own_rows(servers: dict, repo: tuple[Path, list]) -> None:
+def test_concurrent_requests_on_cuda_each_get_their_own_rows(servers: dict, repo: Repository) -> None:
     gpu = servers["cuda"]
     rng = np.random.default_rng(11)
     batches = [rng.standard_normal((int(n), N_FEATURES)).astype(np.float32) for n in rng.integers(1, 20, 48)]
@@ -104,5 +104,5 @@ def test_concurrent_requests_on_cuda_each_get_their_own_rows(servers: dict, repo
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, batches))
     for x, got in zip(batches, results, strict=True):
-        want = np.mean([numpy_member(w, x, "classification") for w in repo[1]], axis=0)
+        want = repo.expected(x, "gpu")
         np.testing.assert_allclose(got, want, atol=1e-5)

@@ -4,8 +4,8 @@ Steps, each timed: (1) a Debian bookworm base image made locally with mmdebstrap
 here; the tarball is cached under .cache/image and imported once per storage), (2) `podman build` of the
 Dockerfile with the CPU onnxruntime, (3) a container on a read-only root filesystem serving a tiny
 ensemble read-only from /models: readiness, one V2 infer and one V1 predict checked against numpy,
-/metrics, the HEALTHCHECK command, the server not running as root, and a clean drain on `podman stop`
-(exit code 0).
+/metrics, the HEALTHCHECK command, the OpenTelemetry packages, the server not running as root, and a
+clean drain on `podman stop` (exit code 0).
 
 Podman runs as root inside a sandbox with no systemd: cgroupfs, file events, runc, and a private storage
 (overlay, else vfs) under .cache/image, set through CONTAINERS_CONF / CONTAINERS_STORAGE_CONF so that the
@@ -31,14 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.image.tiny_repository import (  # noqa: E402 (the repository root must be on sys.path first)
-    INPUT_NAME,
-    MODEL_NAME,
-    build_tiny_repository,
-    expected_probabilities,
-)
+from testing.repositories import Repository, tiny_repository  # noqa: E402 (the root must be on sys.path first)
 
 CACHE = ROOT / ".cache" / "image"
+MODEL_NAME, INPUT_NAME = "tiny", "input"  # testing.repositories.tiny_repository
 BASE_TAG = "localhost/ensemble-base:bookworm"
 BASE_TARBALL = CACHE / "ensemble-base-bookworm.tar"
 IMAGE_TAG = "localhost/ensemble-serving:image-test"
@@ -49,6 +45,11 @@ READY_TIMEOUT_S = float(os.environ.get("ENSEMBLE_IMAGE_TEST_READY_TIMEOUT_S", "1
 STOP_TIMEOUT_S = 30
 PROBE_INSIDE = (
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=3)"
+)
+
+OTEL_INSIDE = (
+    "from opentelemetry.sdk.trace import TracerProvider; "
+    "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter"
 )
 
 
@@ -221,9 +222,9 @@ def wait_ready(base: str, container: str, env: dict[str, str]) -> float:
     raise StepFailed(f"/v2/health/ready did not answer 200 within {READY_TIMEOUT_S:.0f} s")
 
 
-def check_serving(base: str) -> None:
+def check_serving(base: str, repo: Repository) -> None:
     rows = np.array([[0.1, 0.2, 0.3, 0.4], [1.5, -0.5, 0.25, 2.0]], dtype=np.float32)
-    expected = expected_probabilities(rows)
+    expected = repo.expected(rows, MODEL_NAME)
     body = {
         "inputs": [
             {"name": INPUT_NAME, "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
@@ -268,7 +269,7 @@ def process_uid(container: str, env: dict[str, str]) -> int:
     raise StepFailed("could not read the server's UID from /proc/1/status")
 
 
-def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
+def serve_and_check(env: dict[str, str], repo: Repository) -> dict[str, float]:
     port = free_port()
     container = f"ensemble-image-test-{os.getpid()}"
     base = f"http://127.0.0.1:{port}"
@@ -289,7 +290,7 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
             "--publish",
             f"127.0.0.1:{port}:8000",
             "--volume",
-            f"{models}:/models:ro",
+            f"{repo.root}:/models:ro",
             "--env",
             "ENSEMBLE_DRAIN_TIMEOUT_S=10",
             IMAGE_TAG,
@@ -307,11 +308,16 @@ def serve_and_check(env: dict[str, str], models: Path) -> dict[str, float]:
             log("container log (last lines):\n" + "\n".join(tail))
             raise
         log(f"ready {figures['start_to_ready_s']:.1f} s after `podman run` on {base}")
-        check_serving(base)
+        check_serving(base, repo)
         health = run(["podman", "healthcheck", "run", container], env, check=False, quiet=True)
         if health.returncode != 0:
             raise StepFailed(f"the image's HEALTHCHECK failed: {(health.stdout + health.stderr).strip()}")
         log("HEALTHCHECK command: healthy")
+        # Tracing needs nothing but OTEL_EXPORTER_OTLP_ENDPOINT: the SDK and the exporter are in the image.
+        otel = run(["podman", "exec", container, "python3", "-c", OTEL_INSIDE], env, check=False, quiet=True)
+        if otel.returncode != 0:
+            raise StepFailed(f"the image lacks the OpenTelemetry SDK or exporter: {otel.stderr[-300:]}")
+        log("OpenTelemetry SDK and OTLP/HTTP exporter importable")
         uid = process_uid(container, env)
         if uid == 0:
             raise StepFailed("the server runs as root inside the container")
@@ -360,12 +366,12 @@ def main() -> int:
         step = "writing the tiny model repository"
         models = CACHE / "models"
         shutil.rmtree(models, ignore_errors=True)
-        build_tiny_repository(models)
+        repo = tiny_repository(models)
         # The server runs as UID 10001 and reads the mount: world-readable files and folders.
         for path in [models, *models.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         step = "serving from the container"
-        figures = serve_and_check(env, models)
+        figures = serve_and_check(env, repo)
     except StepFailed as err:
         print(f"image-test FAILED while {step}: {err}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
-"""The body limit is enforced while the body streams in (extends tests/server/test_api_limits.py and the
-413 tests in tests/server/test_api.py, which send whole bodies at once): a slow chunked upload past the
+"""The body limit is enforced while the body streams in (extends tests/server/http/test_api_limits.py and the
+413 tests in tests/server/http/test_api.py, which send whole bodies at once): a slow chunked upload past the
 limit sees its 413 and ``Connection: close`` before it has sent everything, and a slow chunked upload
 under the limit is read whole and answered."""
 
@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from tests.helpers.server_process import ServerProcess, wait_for
+from testing.server_process import ServerProcess, wait_for
 from tests.reliability.conftest import MAX_BODY_BYTES, OPEN_SERVER_TIMEOUT_S
 from tests.reliability.rawhttp import parse_response
 from tests.reliability.record import record

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers.server_process import ServerProcess, wait_for
-from tests.reliability.conftest import Repo, build_repo, start
+from testing.repositories import Repository, faulty_repository
+from testing.server_process import ServerProcess, started_server, wait_for
 from tests.reliability.record import record
 
 BROKEN = {
@@ -33,12 +33,14 @@ def load_failures(server: ServerProcess, model: str) -> float:
     return 0.0
 
 
-def answers_exactly(server: ServerProcess, repo: Repo) -> bool:
+def answers_exactly(server: ServerProcess, repo: Repository) -> bool:
     r = server.client.post("/v1/models/iris:predict", json={"instances": X.tolist()})
-    return r.status_code == 200 and np.allclose(r.json()["probabilities"], repo.probabilities(X), atol=1e-5)
+    return r.status_code == 200 and np.allclose(r.json()["probabilities"], repo.expected(X), atol=1e-5)
 
 
-def test_broken_models_at_start_up_leave_the_server_live_not_ready(server: ServerProcess, repo: Repo) -> None:
+def test_broken_models_at_start_up_leave_the_server_live_not_ready(
+    server: ServerProcess, repo: Repository
+) -> None:
     c = server.client
     assert c.get("/v2/health/live").status_code == 200
     ready = c.get("/v2/health/ready")
@@ -59,12 +61,13 @@ def test_broken_models_at_start_up_leave_the_server_live_not_ready(server: Serve
 
 
 def test_broken_new_versions_while_serving_are_refused_and_counted(tmp_path: Path) -> None:
-    staging = build_repo(tmp_path / "staging")
+    staging = faulty_repository(tmp_path / "staging")
     root = tmp_path / "repo"
     root.mkdir()
     shutil.copytree(staging.root / "iris", root / "iris")
-    repo = Repo(root, staging.weights)
-    server = start(root, {"ENSEMBLE_REPOSITORY_POLL_INTERVAL_S": "0.1"}, tmp_path / "server.log")
+    repo = Repository(root, staging.weights, staging.tasks)
+    env = {"ENSEMBLE_WARMUP_RUNS": "1", "ENSEMBLE_REPOSITORY_POLL_INTERVAL_S": "0.1"}
+    server = started_server(root, env, tmp_path / "server.log")
     try:
         assert server.client.get("/v2/health/ready").status_code == 200
         for version, (source, why) in enumerate(

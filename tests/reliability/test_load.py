@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers.server_process import ServerProcess
-from tests.reliability.conftest import Repo, start, v2_body
+from testing.repositories import Repository
+from testing.requests import v2_body
+from testing.server_process import ServerProcess, started_server
 from tests.reliability.record import record
 
 pytestmark = pytest.mark.slow
@@ -45,8 +46,8 @@ def client_rows(client: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32).astype(np.float64)  # exactly representable in the FP32 the server uses
 
 
-def check_answer(r: httpx.Response, x: np.ndarray, protocol: str, repo: Repo, tally: Tally) -> None:
-    want = repo.probabilities(x)
+def check_answer(r: httpx.Response, x: np.ndarray, protocol: str, repo: Repository, tally: Tally) -> None:
+    want = repo.expected(x)
     doc = r.json()
     if protocol == "v1":
         got = np.asarray(doc["probabilities"], dtype=np.float64)
@@ -62,7 +63,7 @@ def check_answer(r: httpx.Response, x: np.ndarray, protocol: str, repo: Repo, ta
 
 
 async def one_client(
-    client_id: int, http: httpx.AsyncClient, repo: Repo, end: float, tally: Tally, allowed: set[int]
+    client_id: int, http: httpx.AsyncClient, repo: Repository, end: float, tally: Tally, allowed: set[int]
 ) -> None:
     rng = np.random.default_rng(client_id)
     for i in range(MAX_REQUESTS_PER_CLIENT):
@@ -88,7 +89,9 @@ async def one_client(
             await asyncio.sleep(0.005)  # a polite client backs off a little (Retry-After says 1 s)
 
 
-def run_load(server: ServerProcess, repo: Repo, seconds: float, allowed: set[int]) -> tuple[Tally, float]:
+def run_load(
+    server: ServerProcess, repo: Repository, seconds: float, allowed: set[int]
+) -> tuple[Tally, float]:
     async def main() -> Tally:
         tally = Tally()
         limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
@@ -102,7 +105,7 @@ def run_load(server: ServerProcess, repo: Repo, seconds: float, allowed: set[int
     return tally, time.monotonic() - t0
 
 
-def test_64_clients_each_get_their_own_exact_answers(server: ServerProcess, repo: Repo) -> None:
+def test_64_clients_each_get_their_own_exact_answers(server: ServerProcess, repo: Repository) -> None:
     tally, elapsed = run_load(server, repo, LOAD_S, allowed=set())
     total = sum(tally.codes.values())
     record("load", f"{CLIENTS} clients x {LOAD_S:g} s, V1+V2, 1-3 rows each, answers checked against numpy",
@@ -117,14 +120,17 @@ def test_64_clients_each_get_their_own_exact_answers(server: ServerProcess, repo
 
 
 @pytest.fixture(scope="module")
-def tiny_queue_server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"ENSEMBLE_MAX_QUEUE_SIZE": "3", "ENSEMBLE_MAX_BATCH_SIZE": "4", "ENSEMBLE_MAX_QUEUE_DELAY_MS": "5"}
-    proc = start(repo.root, env, tmp_path_factory.mktemp("log") / "tiny-queue.log")
+def tiny_queue_server(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"ENSEMBLE_WARMUP_RUNS": "1", "ENSEMBLE_MAX_QUEUE_SIZE": "3", "ENSEMBLE_MAX_BATCH_SIZE": "4",
+           "ENSEMBLE_MAX_QUEUE_DELAY_MS": "5"}  # fmt: skip
+    proc = started_server(repo.root, env, tmp_path_factory.mktemp("log") / "tiny-queue.log")
     yield proc
     proc.stop()
 
 
-def test_tiny_queue_answers_only_correct_429_or_503(tiny_queue_server: ServerProcess, repo: Repo) -> None:
+def test_tiny_queue_answers_only_correct_429_or_503(
+    tiny_queue_server: ServerProcess, repo: Repository
+) -> None:
     seconds = min(LOAD_S, 4.0)
     tally, _ = run_load(tiny_queue_server, repo, seconds, allowed={429, 503})
     total = sum(tally.codes.values())

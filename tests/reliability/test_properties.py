@@ -11,7 +11,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.reliability.record import record
 
 EXAMPLES = 150

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.reliability.record import record
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.dataplane import DataPlane
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 from tests.reliability.conftest import ADMIN_TOKEN, CORS_ORIGIN
 from tests.reliability.rawhttp import request
 from tests.reliability.record import record

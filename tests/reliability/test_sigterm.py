@@ -1,4 +1,4 @@
-"""SIGTERM under 64 concurrent clients that each send their own rows (extends tests/server/test_drain.py,
+"""SIGTERM under 64 concurrent clients that each send their own rows (extends tests/server/http/test_drain.py,
 whose load threads share a few fixed inputs, so a mixed-up answer between equal-sized requests would pass
 there): every 200 is the exact answer for the caller's rows, the only other outcomes are 503 ``{"error"}``
 or no connection, both after the signal, and the process exits 0 within the drain timeout."""
@@ -19,8 +19,9 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.helpers.onnx_repo import write_version
-from tests.reliability.conftest import Repo, start, v2_body
+from testing.repositories import Repository
+from testing.requests import v2_body
+from testing.server_process import started_server
 from tests.reliability.rawhttp import RawResponse, parse_response
 from tests.reliability.record import record
 from tests.reliability.test_load import CLIENTS, client_rows
@@ -28,7 +29,7 @@ from tests.reliability.test_load import CLIENTS, client_rows
 pytestmark = pytest.mark.slow
 
 DRAIN_TIMEOUT_S = 10.0
-GOOD: Repo
+GOOD: Repository
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Outcome:
 
     @property
     def correct(self) -> bool:
-        return self.got is not None and np.allclose(self.got, GOOD.probabilities(self.x), atol=1e-5)
+        return self.got is not None and np.allclose(self.got, GOOD.expected(self.x), atol=1e-5)
 
 
 def test_sigterm_under_64_clients_answers_each_its_own_then_exits_0(tmp_path: Path) -> None:
@@ -50,8 +51,10 @@ def test_sigterm_under_64_clients_answers_each_its_own_then_exits_0(tmp_path: Pa
     # the signal comes.
     root = tmp_path / "repo"
     global GOOD
-    GOOD = Repo(root, write_version(root, "iris", 1, members=5, hidden=[256, 256], seed=8))
-    server = start(GOOD.root, {"ENSEMBLE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}, tmp_path / "server.log")
+    GOOD = Repository(root)
+    GOOD.add("iris", 1, members=5, hidden=[256, 256], seed=8)
+    env = {"ENSEMBLE_WARMUP_RUNS": "1", "ENSEMBLE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
+    server = started_server(GOOD.root, env, tmp_path / "server.log")
     outcomes: list[Outcome] = []
     t_signal = 0.0
 

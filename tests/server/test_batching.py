@@ -211,11 +211,11 @@ def test_higher_priority_level_runs_first_and_batches_take_it_before_lower_level
         b = make(rec, max_batch_size=4, priority_levels=3)
         b.start()
         deadline = time.perf_counter() + 10
-        running = asyncio.ensure_future(b.submit(rows(0, 4), deadline, 1))
+        running = asyncio.ensure_future(b.submit(rows(0, 4), deadline, level=1))
         await asyncio.sleep(0.05)  # the worker took it and is blocked on the gate
-        low = asyncio.ensure_future(b.submit(rows(100, 4), deadline, 2))
-        mid = asyncio.ensure_future(b.submit(rows(200, 4), deadline, 1))
-        high = asyncio.ensure_future(b.submit(rows(300, 2), deadline, 0))
+        low = asyncio.ensure_future(b.submit(rows(100, 4), deadline, level=2))
+        mid = asyncio.ensure_future(b.submit(rows(200, 4), deadline, level=1))
+        high = asyncio.ensure_future(b.submit(rows(300, 2), deadline, level=0))
         await asyncio.sleep(0.01)
         gate.set()
         await asyncio.gather(running, low, mid, high)
@@ -238,16 +238,16 @@ def test_admission_by_time_refuses_only_what_cannot_finish_before_its_deadline()
         far = time.perf_counter() + 30
         running = asyncio.ensure_future(b.submit(rows(0, 100), far))
         await asyncio.sleep(0.05)  # taken by the worker, blocked on the gate
-        queued = [asyncio.ensure_future(b.submit(rows(1000 + 100 * i, 100), far, 1)) for i in range(5)]
+        queued = [asyncio.ensure_future(b.submit(rows(1000 + 100 * i, 100), far, level=1)) for i in range(5)]
         await asyncio.sleep(0.01)
         assert b.queued_rows == 500
         # 500 rows ahead at 1,000 rows/s need 0.5 s (plus its own 0.1 s): a 0.3 s deadline cannot be met...
         with pytest.raises(QueueFull, match="rows queued ahead") as info:
-            await b.submit(rows(5000, 100), time.perf_counter() + 0.3, 1)
+            await b.submit(rows(5000, 100), time.perf_counter() + 0.3, level=1)
         assert info.value.status_code == 429 and int(info.value.headers["Retry-After"]) >= 1
         # ...but the same request at the higher level has nothing ahead of it, and 2 s are plenty at its own.
-        ahead = asyncio.ensure_future(b.submit(rows(6000, 10), time.perf_counter() + 0.3, 0))
-        ok = asyncio.ensure_future(b.submit(rows(7000, 100), time.perf_counter() + 2, 1))
+        ahead = asyncio.ensure_future(b.submit(rows(6000, 10), time.perf_counter() + 0.3, level=0))
+        ok = asyncio.ensure_future(b.submit(rows(7000, 100), time.perf_counter() + 2, level=1))
         await asyncio.sleep(0.01)
         gate.set()
         await asyncio.gather(running, *queued, ahead, ok)

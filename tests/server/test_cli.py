@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
+from testing.repositories import Repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,12 +41,12 @@ def test_python_dash_m_server_reports_missing_repository() -> None:
     assert r.stderr.strip().count("\n") == 0 and "not a folder" in r.stderr
 
 
-def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
+def test_sigterm_drains_and_exits_0(repo: Repository, tmp_path: Path) -> None:
     import signal
 
-    from tests.helpers.server_process import ServerProcess
+    from testing.server_process import ServerProcess
 
-    proc = ServerProcess(repo, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "log")
+    proc = ServerProcess(repo.root, {"ENSEMBLE_WARMUP_RUNS": "0"}, tmp_path / "log")
     try:
         proc.wait_live()
         proc.proc.send_signal(signal.SIGTERM)
@@ -54,7 +55,7 @@ def test_sigterm_drains_and_exits_0(repo: Path, tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_a_port_already_taken_exits_3(repo: Path) -> None:
+def test_a_port_already_taken_exits_3(repo: Repository) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -62,7 +63,7 @@ def test_a_port_already_taken_exits_3(repo: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         r = subprocess.run(
-            [sys.executable, "-m", "server", "--model-repository", str(repo), "--port", str(port)],
+            [sys.executable, "-m", "server", "--model-repository", str(repo.root), "--port", str(port)],
             cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
         )  # fmt: skip
     assert r.returncode == 3 and "address already in use" in r.stderr.lower()

@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +11,12 @@ from fastapi.testclient import TestClient
 from server.http.app import create_app
 from server.lifecycle import Services, build_services
 from server.settings import Settings
+from testing.repositories import Repository
 
 
 @pytest.fixture
-def app(repo: Path) -> Iterator[tuple[TestClient, Services]]:
-    services = build_services(Settings(model_repository=repo, warmup_runs=0, max_batch_size=8))
+def app(repo: Repository) -> Iterator[tuple[TestClient, Services]]:
+    services = build_services(Settings(model_repository=repo.root, warmup_runs=0, max_batch_size=8))
     with TestClient(create_app(services), raise_server_exceptions=False) as client:
         end = time.monotonic() + 30
         while client.get("/v2/models/iris/ready").status_code != 200 and time.monotonic() < end:
@@ -38,9 +38,9 @@ def test_priority_maps_to_the_batch_queue_level_and_zero_is_the_default(
     levels: list[int] = []
     submit = batcher.submit
 
-    async def spy(x: Any, deadline: float, level: int = 0) -> Any:
+    async def spy(x: Any, deadline: float, timing: Any = None, level: int = 0) -> Any:
         levels.append(level)
-        return await submit(x, deadline, level)
+        return await submit(x, deadline, timing, level)
 
     monkeypatch.setattr(batcher, "submit", spy)
     for params in ({}, {"priority": 0}, {"priority": 1}, {"priority": 3}):

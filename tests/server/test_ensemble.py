@@ -6,7 +6,8 @@ import pytest
 from server.averaging import average as combine
 from server.ensemble import Ensemble, fuse_members
 from server.manifest import read_manifest
-from tests.helpers.onnx_repo import numpy_member, write_version
+from testing.members import numpy_member
+from testing.repositories import write_version
 
 
 def test_combine_is_mean_population_std_and_argmax() -> None:
@@ -54,7 +55,7 @@ def test_every_strategy_matches_numpy(tmp_path: Path, execution: str, task: str)
 def test_fused_graph_outputs_each_member(tmp_path: Path) -> None:
     weights = write_version(tmp_path, "m", 1, members=3, seed=5)
     vdir = tmp_path / "m" / "1"
-    blob, names = fuse_members([vdir / f"member-{i}.onnx" for i in range(3)], "input", "probabilities")
+    blob, names = fuse_members([vdir / f"member-{i}.onnx" for i in range(3)], ["input"], "probabilities")
     assert names == ["m0_probabilities", "m1_probabilities", "m2_probabilities"]
     import onnxruntime as ort
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.helpers.onnx_repo import corrupt_manifest, numpy_member, write_version
-from tests.helpers.server_process import ServerProcess, wait_for
+from testing.members import numpy_member
+from testing.repositories import corrupt_manifest, write_version
+from testing.server_process import ServerProcess, wait_for
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [-1.0, 0.5, 2.0, -3.0]], dtype=np.float32)
 

@@ -13,7 +13,7 @@ from server.metrics import Metrics
 from server.reloader import RepositoryPoller, repository_fingerprint
 from server.repository import ModelRegistry
 from server.settings import Settings
-from tests.helpers.onnx_repo import corrupt_manifest, write_version
+from testing.repositories import corrupt_manifest, write_version
 
 
 def test_fingerprint_sees_versions_and_ignores_staging_folders(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from server.errors import ModelLoadError, NotFound, Unavailable
 from server.metrics import Metrics
 from server.repository import ModelRegistry, scan, validate_version
 from server.settings import Settings, VersionPolicy
-from tests.helpers.onnx_repo import corrupt_manifest, write_version
+from testing.repositories import corrupt_manifest, write_version
 
 
 def test_scan_skips_bad_names_and_non_version_folders(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from server.runtime import (
     make_session,
     usable_cpus,
 )
-from tests.helpers.onnx_repo import write_version
+from testing.repositories import write_version
 
 
 def test_auto_prefers_tensorrt_then_cuda_then_cpu_with_device_id() -> None:

@@ -13,7 +13,7 @@ import pytest
 from server.manifest import Manifest
 from server.settings import VersionPolicy
 from server.triton_config import CONFIG_DATATYPES, model_config, model_metadata
-from tests.helpers.onnx_repo import make_manifest
+from testing.repositories import make_manifest
 
 
 def _manifest(task: str, width: int, n_features: int = 4) -> Manifest:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.training.export_stand_ins import N_FEATURES, dataset, torch_output, trained
+from testing.stand_ins import N_FEATURES, dataset, torch_output, trained
 from training.export import ExportError, export_member
 
 CASES = [("mlp", "classification", 3), ("cnn", "classification", 3), ("reg", "regression", 2)]

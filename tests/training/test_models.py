@@ -82,3 +82,38 @@ def test_exports_to_onnx_with_a_dynamic_batch_axis(tmp_path: Path, arch: str, sh
         x = np.random.default_rng(n).normal(size=(n, 64)).astype(np.float32)
         (out,) = session.run(None, {"input": x})
         np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_emb_sz_rule_is_fastais() -> None:
+    from training.models import emb_sz_rule
+
+    assert [emb_sz_rule(n) for n in (2, 5, 10, 100, 10**6)] == [2, 4, 6, 21, 600]
+
+
+def test_table_model_embeds_categories_and_fills_missing_numbers() -> None:
+    from types import SimpleNamespace
+
+    from training.models import TabularNet, build_table_model
+
+    columns = [
+        SimpleNamespace(name="n", kind="numeric", categories=()),
+        SimpleNamespace(name="c", kind="categorical", categories=("a", "b", "c")),
+    ]
+    X = np.array([[1.0, 0], [np.nan, 1], [3.0, 2], [4.0, np.nan]] * 4, dtype=np.float32)
+    model = build_table_model(columns, X, 3, width=8, depth=1)
+    assert isinstance(model, TabularNet)
+    assert [e.num_embeddings for e in model.core.embeddings] == [5]  # 3 values + missing + rare/unseen
+    assert model.core.body.net[0].in_features == 1 + 1 + 4  # number, its missing indicator, embedding 4
+    out = model.eval()(torch.from_numpy(X))
+    assert out.shape == (16, 3) and torch.isfinite(out).all()
+
+
+def test_one_hot_is_a_frozen_identity_lookup() -> None:
+    from training.models import category_encoder
+
+    table = category_encoder(4, "onehot")
+    assert not table.weight.requires_grad
+    np.testing.assert_array_equal(table(torch.tensor([0, 3])).numpy(), [[1, 0, 0, 0], [0, 0, 0, 1]])
+    assert category_encoder(4, "embedding").embedding_dim == 3
+    with pytest.raises(ValueError, match="unknown category encoding"):
+        category_encoder(4, "hash")

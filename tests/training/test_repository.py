@@ -9,7 +9,7 @@ import pytest
 
 import training.repository as repo_mod
 from server.manifest import read_manifest, sha256_file
-from tests.training.export_stand_ins import (
+from testing.stand_ins import (
     FEATURE_SHAPE,
     N_CLASSES,
     N_FEATURES,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.export_stand_ins import dataset, export_all, torch_output, trained
+from testing.stand_ins import dataset, export_all, torch_output, trained
 from training.repository import write_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

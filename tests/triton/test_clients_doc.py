@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers.server_process import ROOT, ServerProcess
+from testing.server_process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 

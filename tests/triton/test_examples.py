@@ -9,8 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.helpers.server_process import ROOT, ServerProcess
-from tests.triton.conftest import IRIS_FEATURES, REG_FEATURES, rows, v1_predict
+from testing.requests import rows, v1_predict
+from testing.server_process import ROOT, ServerProcess
+from tests.triton.conftest import IRIS_FEATURES, REG_FEATURES
 
 pytestmark = pytest.mark.slow
 

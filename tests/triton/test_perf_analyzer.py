@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.server_process import ServerProcess
+from testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

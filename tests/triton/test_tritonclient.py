@@ -11,8 +11,9 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.server_process import ServerProcess
-from tests.triton.conftest import IRIS_FEATURES, REG_FEATURES, rows, v1_predict
+from testing.requests import rows, v1_predict
+from testing.server_process import ServerProcess
+from tests.triton.conftest import IRIS_FEATURES, REG_FEATURES
 
 pytestmark = pytest.mark.slow
 

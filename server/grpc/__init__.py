@@ -1,0 +1,1 @@
+"""The gRPC transport: Triton's GRPCInferenceService over the data plane (codec + service)."""
