@@ -20,6 +20,10 @@ TARGET_VS_ASGI = 0.25  # single-row, concurrency 64: share of the minimal-ASGI c
 TARGET_VS_ORT = 0.60  # 256-row V2 binary: share of onnxruntime's in-process rows/s (fused, batch 256)
 TARGET_P50_C1_MS = 2.0  # single-row, concurrency 1
 TARGET_READY_S = 3.0
+# The per-request targets of project issue 13.
+TARGET_C1_OVER_FLOOR = 2.0  # c=1 p50 at most this times (minimal ASGI p50 + one in-process ORT call, batch 1)
+TARGET_VS_ASGI_13 = 0.50  # single-row, concurrency 64, one worker
+TARGET_VS_ORT_13 = 0.75  # 256-row V2 binary
 
 SELF_COMPARISONS = {("vs_asgi", "asgi"), ("vs_ort", "asgi"), ("vs_baseline", "baseline")}
 
@@ -115,6 +119,29 @@ def verdicts(
         add(f"1 row, c=1, {name}: p50 < {TARGET_P50_C1_MS:g} ms", p50, _ms(p50), TARGET_P50_C1_MS, below=True)
     shown = None if ready_s is None else f"{ready_s:.2f} s"
     add(f"ready within {TARGET_READY_S:g} s of start", ready_s, shown, TARGET_READY_S, below=True)
+    # Issue 13: the lone client against its floor, the ASGI share at c=64, the 256-row share of ORT.
+    ort1 = ort.get(("fused", 1))
+    for protocol, name in PROTOCOL_NAMES.items():
+        p50 = cells.get(("ours", protocol, 1, 1), {}).get("p50_ms")
+        asgi50 = cells.get(("asgi", protocol, 1, 1), {}).get("p50_ms")
+        floor = asgi50 + 1e3 / ort1 if asgi50 is not None and ort1 else None
+        over = p50 / floor if p50 is not None and floor else None
+        shown = None if over is None else f"{_ms(p50)} = {over:.2f}x of {_ms(floor)}"
+        target = f"(13) 1 row, c=1, {name}: p50 <= {TARGET_C1_OVER_FLOOR:g}x (ASGI p50 + one ORT call)"
+        add(target, over, shown, TARGET_C1_OVER_FLOOR + 1e-9, below=True)
+    for protocol, name in PROTOCOL_NAMES.items():
+        va = ratios(("ours", protocol, 1, 64), cells, ort)["vs_asgi"]
+        add(
+            f"(13) 1 row, c=64, {name}: >= {TARGET_VS_ASGI_13:.0%} of minimal ASGI",
+            va,
+            _pct(va),
+            TARGET_VS_ASGI_13,
+        )
+    target = f"(13) 256 rows V2 binary: >= {TARGET_VS_ORT_13:.0%} of in-process rows/s (best concurrency)"
+    if best is not None and ort256:
+        add(target, best[0] / ort256, f"{_pct(best[0] / ort256)} (c={best[1]})", TARGET_VS_ORT_13)
+    else:
+        add(target, None, None, TARGET_VS_ORT_13)
     return rows
 
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from server.manifest import Task
 
+_SUM = np.add.reduce
+
 
 def average(stacked: np.ndarray, task: Task) -> dict[str, np.ndarray]:
     """The served outputs from member outputs stacked as ``(members, rows, width)``.
@@ -26,8 +28,12 @@ def average(stacked: np.ndarray, task: Task) -> dict[str, np.ndarray]:
         raise ValueError(
             f"member outputs must be stacked as (members >= 1, rows, width), got {stacked.shape}"
         )
-    mean = stacked.mean(axis=0, dtype=np.float64)
-    spread = stacked.std(axis=0, ddof=0, dtype=np.float64).astype(np.float32)
+    # np.mean / np.std's own steps, called as ufuncs: the same float64 operations in the same order (so the
+    # same bits), without their Python wrappers, which cost about a third of a single-row run.
+    n = stacked.shape[0]
+    mean = _SUM(stacked, axis=0, dtype=np.float64) / n
+    deviation = stacked - mean
+    spread = np.sqrt(_SUM(np.multiply(deviation, deviation, out=deviation), axis=0) / n).astype(np.float32)
     if task == "classification":
         return {
             "probabilities": mean.astype(np.float32),

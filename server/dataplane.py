@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import onnxruntime as ort
@@ -173,13 +173,15 @@ class DataPlane:
             manifest = sv.manifest
             request = await decode(manifest, max(0.0, deadline - time.perf_counter()))
             x = read_rows(request, manifest, self.settings.allow_nonfinite, m)
-            names = request.output_names([o.name for o in manifest.outputs])
-            results = await sv.batcher.submit(x, deadline, timing)
-            outputs = []
-            for out in names:
-                array = results[out]
-                outputs.append(OutputTensor(out, manifest.output(out).datatype, array.shape, array))
-            response = InferenceResponse(sv.name, str(sv.version), request.id, tuple(outputs))
+            types = sv.output_types
+            names = request.output_names(types)
+            if request.parameters:
+                deadline, level = self._scheduling(request.parameters, start, deadline)
+            else:
+                level = self.settings.default_priority_level - 1
+            results = await sv.batcher.submit(x, deadline, timing, level)
+            outputs = tuple([OutputTensor(out, types[out], (a := results[out]).shape, a) for out in names])
+            response = InferenceResponse(sv.name, sv.version_label, request.id, outputs)
             return encode(manifest, request, response)
         except ServerError as exc:
             outcome, error = str(exc.status_code), exc.message
@@ -193,13 +195,33 @@ class DataPlane:
             m.requests(protocol, outcome).inc()
             elapsed = time.perf_counter() - start
             m.request_duration(protocol).observe(elapsed)
-            self.metrics.stats.record_request(sv.name, str(sv.version), outcome == "ok", elapsed)
+            self.metrics.stats.record_request(sv.name, sv.version_label, outcome == "ok", elapsed)
             if observer is not None:  # ---- observability: one log line and the spans of this request
-                observer.finish(context, protocol=protocol, model=sv.name, version=str(sv.version),
+                observer.finish(context, protocol=protocol, model=sv.name, version=sv.version_label,
                                 request_id=request.id if request is not None else None,
                                 status=200 if outcome == "ok" else int(outcome),
                                 rows=len(x) if x is not None else None, start=start, batch=timing,
                                 error=error)  # fmt: skip
+
+    def _scheduling(self, parameters: Mapping[str, Any], start: float, deadline: float) -> tuple[float, int]:
+        """The request's deadline and batch-queue level (0 first) from its ``timeout`` and ``priority``.
+
+        Triton's semantics: ``timeout`` is in microseconds and only shortens the server's own deadline
+        (0: none of its own); ``priority`` 1 is served first, higher numbers later, 0 is the default
+        level. Both are unsigned integers; anything else is a 400."""
+        timeout = parameters.get("timeout")
+        if timeout is not None:
+            if type(timeout) is not int or timeout < 0:
+                raise BadRequest("The request parameter 'timeout' must be a whole number of microseconds.")
+            if timeout:
+                deadline = min(deadline, start + timeout / 1e6)
+        levels, priority = self.settings.priority_levels, parameters.get("priority", 0)
+        if type(priority) is not int or not 0 <= priority <= levels:
+            raise BadRequest(
+                f"The request parameter 'priority' must be 0 (the default level) or a level from 1 (first) "
+                f"to {levels}."
+            )
+        return deadline, (priority or self.settings.default_priority_level) - 1
 
     # ------------------------------------------------------------------------------------ health
     def server_live(self) -> bool:
@@ -269,6 +291,8 @@ class DataPlane:
             instance_kind="KIND_GPU" if e.info.provider in GPU_PROVIDERS else "KIND_CPU",
             gpu_device_id=s.gpu_device_id,
             version_policy=s.version_policy,
+            priority_levels=s.priority_levels,
+            default_priority_level=s.default_priority_level,
             parameters={
                 "provider": e.info.provider,
                 "device": e.info.device,

@@ -9,6 +9,7 @@ concatenates and splits them like any other rows and the ensemble feeds each fie
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -63,6 +64,9 @@ def model_input(
     return check_features(tensor.data, spec.shape[1], allow_nonfinite, allow_missing)
 
 
+_SUM = np.add.reduce  # the ufunc itself: ndarray.sum() goes through a Python wrapper first
+
+
 def check_features(
     x: np.ndarray, n_features: int, allow_nonfinite: bool, allow_missing: bool = False
 ) -> np.ndarray:
@@ -77,7 +81,13 @@ def check_features(
         # Cast first: a finite float64 such as 1e300 becomes inf in float32.
         with np.errstate(over="ignore"):
             x = np.ascontiguousarray(x, dtype=np.float32)
-    if not allow_nonfinite and not np.isfinite(x).all():
+    # A finite sum means every value is finite (NaN and infinities propagate): one reduction, no temporary,
+    # on the hot path; only a sum that is not finite (a bad value, or an overflow) pays for the exact check.
+    if (
+        not allow_nonfinite
+        and not math.isfinite(_SUM(x, axis=None, dtype=np.float64))
+        and not np.isfinite(x).all()
+    ):
         if not allow_missing:
             raise BadRequest(
                 "The input contains NaN or infinite values (or null, or values too large for FP32); "

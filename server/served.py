@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from server.batching import Batcher
@@ -33,6 +34,15 @@ class ServedVersion:
     active: int = 0  # requests that looked this version up and are not answered yet
     _drained: asyncio.Event | None = field(default=None, init=False, repr=False)  # set by the last leave()
 
+    @cached_property
+    def output_types(self) -> dict[str, str]:
+        """Output name -> V2 datatype, in the manifest's order (read on every request)."""
+        return {o.name: o.datatype for o in self.manifest.outputs}
+
+    @cached_property
+    def version_label(self) -> str:
+        return str(self.version)
+
     @property
     def info_labels(self) -> tuple[str, ...]:
         """The labels of this version's ``ensemble_model_info`` series."""
@@ -45,12 +55,18 @@ class ServedVersion:
             return
         labels = (self.name, str(self.version))
         self.metrics = metrics.model(*labels)
+        e = self.ensemble
+        timing = e.timings.get(e.execution)
         self.batcher = Batcher(
-            self.ensemble.predict,
+            e.predict,
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             max_queue_rows=settings.max_queue_size,
             max_request_rows=settings.max_request_rows,
+            priority_levels=settings.priority_levels,
+            inline_max_rows=settings.inline_max_rows,
+            # The warm-up timed the largest batch: the throughput admission assumes until batches run.
+            seed_rate=(settings.max_batch_size, timing.batch_max_s) if timing else None,
             metrics=metrics,
             labels=labels,
         )

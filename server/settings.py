@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "tensorrt", "cpu"]
@@ -121,8 +121,23 @@ class Settings(BaseSettings):
     """How long a batch may wait for more requests; a lone request on an idle model runs at once
     (docs/performance.md has the measurements behind the default)."""
 
-    max_queue_size: int = Field(default=4096, ge=1)
-    """Most rows waiting in one model version's queue (independent of the batch size); beyond it: 429."""
+    max_queue_size: int = Field(default=65_536, ge=1)
+    """A safety cap on the rows waiting in one model version's queue (beyond it: 429), bounding memory
+    (rows x features x 4 bytes: 16 MiB for 64 features). Admission is decided by time (a request is
+    refused when the rows ahead of it cannot finish before its deadline at the measured rate), so the cap
+    sits well above what that lets queue under load: 64 clients x 256 rows is 16,384 rows."""
+
+    priority_levels: int = Field(default=3, ge=1, le=16)
+    """Priority levels of the batch queue (Triton's ``priority``: 1 is served first, higher numbers later;
+    a request's ``priority`` parameter 0 or absent means ``default_priority_level``)."""
+
+    default_priority_level: int = Field(default=2, ge=1)
+    """The level of a request that names no priority: the middle one by default, so that a client can ask to
+    go ahead of ordinary traffic (1) or behind it (3) without any configuration."""
+
+    inline_max_rows: int = Field(default=16, ge=0)
+    """A request of at most this many rows that finds its model idle runs on the event loop itself, not on
+    the inference thread (saving the hop there and back); 0: never (docs/performance.md has the figures)."""
 
     max_request_rows: int = Field(default=4096, ge=1)
     """Most rows in one request; a request over ``max_batch_size`` (and under this) runs as a batch alone."""
@@ -211,3 +226,12 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)
     """An idle kept-alive connection closes after this many seconds (uvicorn's ``timeout_keep_alive``);
     behind a load balancer, set it above the balancer's own idle timeout."""
+
+    @model_validator(mode="after")
+    def _default_level_exists(self) -> Settings:
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError(
+                f"default_priority_level {self.default_priority_level} is not one of the "
+                f"{self.priority_levels} priority levels"
+            )
+        return self

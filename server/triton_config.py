@@ -66,8 +66,13 @@ def model_config(
     gpu_device_id: int = 0,
     version_policy: VersionPolicy = LATEST,
     parameters: Mapping[str, str] | None = None,
+    priority_levels: int = 0,
+    default_priority_level: int = 0,
 ) -> dict[str, Any]:
     """Triton's JSON model configuration for one served model.
+
+    `priority_levels` / `default_priority_level` (0: no priorities) are the batch queue's, as Triton names
+    them in ``dynamic_batching``.
 
     `version_policy` is the server's setting (Triton's ``latest``, ``all`` and ``specific`` policies).
     `parameters` (e.g. the execution provider that actually runs) join the ensemble's own facts in
@@ -88,6 +93,9 @@ def model_config(
     dynamic_batching: dict[str, Any] = {"max_queue_delay_microseconds": max_queue_delay_us}
     if preferred:
         dynamic_batching["preferred_batch_size"] = preferred
+    if priority_levels:
+        dynamic_batching["priority_levels"] = priority_levels
+        dynamic_batching["default_priority_level"] = default_priority_level
     instance_group: dict[str, Any] = {"name": manifest.name, "kind": instance_kind, "count": instance_count}
     if instance_kind == "KIND_GPU":
         instance_group["gpus"] = [gpu_device_id]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from server import timers
 from server.errors import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 from server.http.errors import Receive
 
@@ -16,8 +17,9 @@ from server.http.errors import Receive
 async def read_body(receive: Receive, declared: str | None, limit: int, timeout_s: float | None) -> bytes:
     """The body from ASGI messages; `declared` is the Content-Length header, if any.
 
-    The timeout is a bare loop timer that cancels this task, not ``asyncio.timeout``, which costs more per
-    request (docs/performance.md) while almost every body is already complete when the request starts."""
+    The timeout is a bare deadline (``server.timers``) that cancels this task, not ``asyncio.timeout`` or a
+    loop timer, which cost more per request (docs/performance.md) while almost every body is already complete
+    when the request starts."""
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("The Content-Length header is not a number.")
@@ -36,7 +38,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int, timeout_
 
     # The timer only fires while this task waits (callbacks run between task steps), so a cancellation it
     # asks for always lands in the await below.
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    timer = timers.call_later(timeout_s, expire)
     try:
         return await _read_chunks(receive, limit)
     except asyncio.CancelledError:

@@ -27,6 +27,7 @@ log = logging.getLogger("server")
 Reply = tuple[int, bytes, str, Mapping[str, str] | None]
 _CONTENT_LENGTH = b"content-length"
 _PARAM = re.compile(r"\{([a-z_]+)\}")
+_SEEN_PATHS = 1024
 
 
 class Call:
@@ -81,12 +82,25 @@ class Endpoint:
         # Per method, in table order (the order decides between "/v2/models/stats" and "{name}").
         self._by_method = {m: [r for r in routes if r.method == m] for m in ("GET", "POST")}
         self._by_method["HEAD"] = self._by_method["GET"]
+        # (method, path) -> match: clients repeat the same few paths, and a regex per request is measurable
+        # on the hot path. Bounded: emptied when full (unknown paths are not kept at all).
+        self._seen: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | list[str] | None:
-        """The route and its parameters; else the methods the path allows (a 405), or None (unknown)."""
+        """The route and its parameters; else the methods the path allows (a 405), or None (unknown).
+        Handlers must not change the parameters' dict (it is shared by the requests of one path)."""
+        key = (method, path)
+        found = self._seen.get(key)
+        if found is not None:
+            return found
         for route in self._by_method.get(method, ()):
             if path.endswith(route.suffix) and (m := route.pattern.fullmatch(path)) is not None:
-                return route, m.groupdict()
+                found = (route, m.groupdict())
+                if len(path) <= 256:  # bounded memory: at most _SEEN_PATHS short paths
+                    if len(self._seen) >= _SEEN_PATHS:
+                        self._seen.clear()
+                    self._seen[key] = found
+                return found
         allowed = [route.method for route in self.routes if route.pattern.fullmatch(path)]
         return allowed or None
 

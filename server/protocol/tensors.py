@@ -12,7 +12,7 @@ costs about four times a plain one's. Nobody mutates them once built.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +90,7 @@ class InferenceRequest:
                 return tensor
         raise KeyError(name)
 
-    def output_names(self, available: Sequence[str]) -> list[str]:
+    def output_names(self, available: Collection[str]) -> list[str]:
         """The outputs to return, in the order asked (all of `available` when none were named)."""
         if self.outputs is None:
             return list(available)

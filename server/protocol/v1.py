@@ -60,7 +60,7 @@ def to_float_matrix(data: Any, what: str) -> np.ndarray:
             f"{what} must hold only numbers (not strings, null, objects, only booleans, "
             "or integers beyond 64 bits)."
         )
-    return arr.astype(np.float64)
+    return arr.astype(np.float64, copy=False)
 
 
 def decode_request(body: bytes, manifest: Manifest, model_name: str) -> InferenceRequest:

@@ -154,3 +154,17 @@ def test_repository_calls_need_the_token(grpc_server: ServerProcess) -> None:
         with pytest.raises(InferenceServerException) as info:
             client.load_model("nope", headers=auth)
         assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_priority_and_timeout_parameters_are_honoured_over_grpc(grpc_server: ServerProcess) -> None:
+    """tritonclient sends Triton's `priority` and `timeout` (µs) as request parameters."""
+    x = rows(1, FEATURES["iris"], seed=3)
+    with grpcclient.InferenceServerClient(grpc_server.grpc_target) as client:
+        result = client.infer("iris", [grpc_input(x)], priority=1, timeout=10_000_000)
+        assert result.as_numpy("label").shape == (1,)
+        with pytest.raises(InferenceServerException) as bad:
+            client.infer("iris", [grpc_input(x)], priority=9)
+        assert bad.value.status() == "StatusCode.INVALID_ARGUMENT" and "priority" in bad.value.message()
+        with pytest.raises(InferenceServerException) as late:
+            client.infer("iris", [grpc_input(x)], timeout=1)  # 1 µs: gone before it can run
+        assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED", late.value
