@@ -117,7 +117,12 @@ def test_health_metadata_and_config_through_the_client(server: ServerProcess) ->
         meta = client.get_model_metadata("iris")
         config = client.get_model_config("iris", "1")
         assert config["max_batch_size"] == 64
-        assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 1500}
+        # Triton's priority fields: three levels by default, level 2 for requests that name none.
+        assert config["dynamic_batching"] == {
+            "max_queue_delay_microseconds": 1500,
+            "priority_levels": 3,
+            "default_priority_level": 2,
+        }
         assert config["instance_group"][0]["kind"] == "KIND_CPU"
         assert config["version_policy"] == {"latest": {"num_versions": 1}}
         assert config["parameters"]["provider"] == {"string_value": "CPUExecutionProvider"}
