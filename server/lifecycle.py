@@ -76,7 +76,9 @@ def build_services(
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
     # Per process (each worker builds its own services): the span exporter's thread must start after a fork.
-    observer = build_observer(settings.request_log, settings.request_log_sample_rate)
+    observer = build_observer(
+        settings.request_log, settings.request_log_sample_rate, on_drop=metrics.request_log_dropped.inc
+    )
     dataplane = DataPlane(settings, registry, metrics, cluster, observer)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)
