@@ -27,6 +27,7 @@ from server.grpc import codec
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.generated import model_config_pb2
+from server.http.connections import grpc_connection_cap, open_file_limit
 from server.observability import RequestContext, grpc_context
 from server.protocol.tensors import InferenceRequest
 
@@ -39,6 +40,12 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 DRAINING = "The server is shutting down; send the request to another replica."
 INTERNAL = "The server failed on this request; its log has the details."
 HEALTH_REFRESH_S = 0.5  # how stale a grpc.health.v1 Watch stream may be
+# A connection without calls for this long gets GOAWAY (clients reconnect when they next call): held
+# channels of gone clients do not count against the cap for ever.
+GRPC_IDLE_MS = 300_000
+# Calls and streams at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; grpc's default is
+# unbounded): a client beyond it queues on its side.
+GRPC_MAX_STREAMS = 1024
 
 # HTTP status of a ServerError -> gRPC status code (the status code table in docs/triton.md).
 STATUS_CODES: dict[int, grpc.StatusCode] = {
@@ -353,6 +360,14 @@ class GrpcServer:
             ("grpc.max_send_message_length", -1),
             # ---- worker processes: every worker binds the gRPC port; the kernel spreads the connections.
             ("grpc.so_reuseport", 1 if services.cluster is not None else 0),
+            # ---- connection limits: gRPC's share of this process's descriptors (server.http.connections),
+            # so that idle connects cannot exhaust them and fail HTTP. Beyond the cap a new connection is
+            # closed at once; one that never completes its HTTP/2 handshake is closed after the header
+            # timeout, one without calls after the keep-alive idle time; streams per connection bounded.
+            ("grpc.max_allowed_incoming_connections", grpc_connection_cap(open_file_limit())),
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
+            ("grpc.max_concurrent_streams", GRPC_MAX_STREAMS),
         ]
         self.server = grpc.aio.server(options=options)
         self.health = Health(services)
