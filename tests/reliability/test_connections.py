@@ -82,7 +82,8 @@ def serve(repo: Repository, tmp: Path, env: dict[str, str], open_files: int | No
 
 @pytest.fixture(scope="module")
 def limited(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The image's open-file limit, the automatic connection cap (672, gRPC taking 224), short header and idle timeouts."""
+    """The image's open-file limit, the automatic connection cap (672; gRPC takes 224), short header and
+    idle timeouts."""
     proc = serve(repo, tmp_path_factory.mktemp("limited"), {}, open_files=IMAGE_OPEN_FILES)
     yield proc
     proc.stop()
