@@ -42,12 +42,18 @@ class DrainState:
         self.in_flight = 0
         self.deadline: float | None = None  # time.monotonic() by which the process should be gone
         self.started: float | None = None
+        # Set when the drain starts: what waits for work that may never come (an idle gRPC stream) ends.
+        self.begun = asyncio.Event()
 
     def start(self, timeout_s: float) -> None:
         if not self.draining:
             self.draining = True
             self.started = time.monotonic()
             self.deadline = self.started + timeout_s
+            try:  # called from a signal handler: wake the loop's waiters from its next iteration
+                asyncio.get_running_loop().call_soon_threadsafe(self.begun.set)
+            except RuntimeError:  # no loop running (a test)
+                self.begun.set()
 
     def remaining(self, default: float) -> float:
         """Seconds left to the drain deadline, or `default` when not draining."""

@@ -203,7 +203,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """Each request gets one response, in order; an error answers that request (error_message, as
         Triton does) and the stream goes on."""
         deadline = self._deadline(context)
-        async for msg in request_iterator:
+        async for msg in self._until_drain(request_iterator):
             if msg is MALFORMED:
                 yield pb.ModelStreamInferResponse(error_message=_malformed("ModelInferRequest"))
                 continue
@@ -219,6 +219,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message=INTERNAL)
             else:
                 yield pb.ModelStreamInferResponse(infer_response=answer)
+
+    async def _until_drain(self, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A stream's messages until the client ends it, or until the drain starts while the stream waits
+        for its next message: an idle stream then ends (OK) at once rather than holding the shutdown for
+        the whole drain timeout. A message being answered is answered first."""
+        if self.drain.draining:
+            return
+        stop = asyncio.ensure_future(self.drain.begun.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(anext(messages))
+                await asyncio.wait((receive, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    return
+                try:
+                    msg = receive.result()
+                except StopAsyncIteration:
+                    return
+                yield msg
+        finally:
+            stop.cancel()
 
     # -------------------------------------------------------------------------------------- repository
 
