@@ -42,12 +42,18 @@ class DrainState:
         self.in_flight = 0
         self.deadline: float | None = None  # time.monotonic() by which the process should be gone
         self.started: float | None = None
+        # Set when the drain starts: what waits for work that may never come (an idle gRPC stream) ends.
+        self.begun = asyncio.Event()
 
     def start(self, timeout_s: float) -> None:
         if not self.draining:
             self.draining = True
             self.started = time.monotonic()
             self.deadline = self.started + timeout_s
+            try:  # called from a signal handler: wake the loop's waiters from its next iteration
+                asyncio.get_running_loop().call_soon_threadsafe(self.begun.set)
+            except RuntimeError:  # no loop running (a test)
+                self.begun.set()
 
     def remaining(self, default: float) -> float:
         """Seconds left to the drain deadline, or `default` when not draining."""
@@ -76,7 +82,9 @@ def build_services(
     metrics = metrics or Metrics()
     registry = ModelRegistry(settings, metrics)
     # Per process (each worker builds its own services): the span exporter's thread must start after a fork.
-    observer = build_observer(settings.request_log, settings.request_log_sample_rate)
+    observer = build_observer(
+        settings.request_log, settings.request_log_sample_rate, on_drop=metrics.request_log_dropped.inc
+    )
     dataplane = DataPlane(settings, registry, metrics, cluster, observer)
     drain = DrainState()
     poller = RepositoryPoller(registry, settings.repository_poll_interval_s, paused=lambda: drain.draining)

@@ -98,6 +98,11 @@ class Metrics:
         self.load_failures = Counter(
             "ensemble_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
         )
+        # Request log lines dropped because stdout did not take them (server.observability.StdoutWriter).
+        self.request_log_dropped = Counter(
+            "ensemble_request_log_dropped", "Request log lines dropped because stdout was not writable.",
+            registry=r,
+        )  # fmt: skip
         # What the HTTP connection limits did (server.http.connections), per process and summed over workers.
         self.connections_refused = Counter(
             "ensemble_connections_refused",

@@ -20,9 +20,12 @@ tracer provider (after the fork) and writes whole lines to stdout with single ``
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import random
+import stat
 import sys
 import time
 import uuid
@@ -165,11 +168,117 @@ def _utc_iso(epoch_s: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def _stdout_write(data: bytes) -> None:
-    """Write all of `data` to file descriptor 1 (below sys.stdout's buffer, which may split lines)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view) :]
+# What the request log may hold in memory while stdout is not writable (a pipe nobody reads, a slow
+# collector): beyond it lines are dropped and counted, rather than the event loop waiting on the pipe.
+MAX_BUFFERED_BYTES = 1 << 20
+
+
+class StdoutWriter:
+    """Writes whole chunks of lines to stdout without ever blocking the event loop.
+
+    A pipe or socket on stdout gets a non-blocking file description of its own (reopened through
+    /proc/self/fd/1, so the flag does not reach the parent's or other workers' stdout); what the pipe
+    does not take waits in a bounded buffer, written when the loop says the pipe is writable
+    (``loop.add_writer``). When the buffer is full, lines are dropped and `on_drop` is told how many.
+    A regular file or a terminal is written as before (a write there does not wait on a reader)."""
+
+    def __init__(
+        self,
+        fd: int = 1,
+        on_drop: Callable[[int], Any] | None = None,
+        limit: int = MAX_BUFFERED_BYTES,
+    ) -> None:
+        self.on_drop, self.limit = on_drop, limit
+        self.fd = fd
+        self.nonblocking = False
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._buffered = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            try:
+                self.fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no /proc, or a socket (which cannot be reopened): the shared description
+                os.set_blocking(fd, False)
+            self.nonblocking = True
+
+    def __call__(self, data: bytes) -> None:
+        if not self.nonblocking:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            return
+        if self._chunks:  # lines already wait: keep the order
+            self._keep(memoryview(data))
+            return
+        rest = self._try_write(memoryview(data))
+        if rest is not None:
+            self._keep(rest)
+            self._watch()
+
+    def _try_write(self, view: memoryview) -> memoryview | None:
+        """What of `view` the pipe did not take (None when all of it went)."""
+        try:
+            written = os.write(self.fd, view)
+        except BlockingIOError:
+            return view
+        except OSError:  # the reader is gone (EPIPE): nobody will read these lines
+            self._drop(view)
+            return None
+        return view[written:] if written < len(view) else None
+
+    def _keep(self, view: memoryview) -> None:
+        if self._buffered + len(view) > self.limit:
+            self._drop(view)
+            return
+        self._chunks.append(view)
+        self._buffered += len(view)
+
+    def _drop(self, view: memoryview) -> None:
+        lines = bytes(view).count(b"\n")
+        if lines and self.on_drop is not None:
+            self.on_drop(lines)
+
+    def _watch(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, a thread): what is buffered waits for the next write or close
+            return
+        if self._loop is None:
+            loop.add_writer(self.fd, self._writable)
+            self._loop = loop
+
+    def _writable(self) -> None:
+        while self._chunks:
+            head = self._chunks.popleft()
+            self._buffered -= len(head)
+            rest = self._try_write(head)
+            if rest is not None:
+                self._chunks.appendleft(rest)
+                self._buffered += len(rest)
+                return
+        if self._loop is not None:
+            self._loop.remove_writer(self.fd)
+            self._loop = None
+
+    def close(self) -> None:
+        """Write what the pipe takes now; the rest is dropped and counted (an exit must not wait on it)."""
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self.fd)
+            self._loop = None
+        while self._chunks:
+            head = self._chunks.popleft()
+            rest = self._try_write(head)
+            if rest is not None:
+                self._drop(rest)
+                for view in self._chunks:
+                    self._drop(view)
+                self._chunks.clear()
+        self._buffered = 0
 
 
 class RequestLog:
@@ -180,9 +289,16 @@ class RequestLog:
     event-loop iteration (a batch's worth) leave in one write, in chunks of at most PIPE_BUF bytes."""
 
     def __init__(
-        self, mode: RequestLogMode, sample_rate: float = 1.0, write: Callable[[bytes], Any] = _stdout_write
+        self,
+        mode: RequestLogMode,
+        sample_rate: float = 1.0,
+        write: Callable[[bytes], Any] | None = None,
+        on_drop: Callable[[int], Any] | None = None,
     ) -> None:
-        self.mode, self.sample_rate, self._write = mode, sample_rate, write
+        self.mode, self.sample_rate = mode, sample_rate
+        if write is None and mode != "off":
+            write = StdoutWriter(on_drop=on_drop)
+        self._write: Callable[[bytes], Any] = write or (lambda data: None)
         self._pending: list[bytes] = []
         self._now = ""
 
@@ -220,6 +336,12 @@ class RequestLog:
             size += len(line)
         if chunk:
             self._write(b"".join(chunk))
+
+    def close(self) -> None:
+        self.flush()
+        closer = getattr(self._write, "close", None)
+        if closer is not None:
+            closer()
 
 
 # ---------------------------------------------------------------- tracing
@@ -416,17 +538,21 @@ class Observer:
     def close(self) -> None:
         """Write the lines still pending and export the spans still buffered."""
         if self.request_log is not None:
-            self.request_log.flush()
+            self.request_log.close()
         if self.tracing is not None:
             self.tracing.shutdown()
 
 
 def build_observer(
-    request_log: RequestLogMode, sample_rate: float, env: Mapping[str, str] = os.environ
+    request_log: RequestLogMode,
+    sample_rate: float,
+    env: Mapping[str, str] = os.environ,
+    on_drop: Callable[[int], Any] | None = None,
 ) -> Observer | None:
     """The observer the settings and the OTEL_* variables ask for; None when they ask for nothing (the
-    no-cost path). Call it in each worker process, after any fork: the span exporter runs a thread."""
-    rl = RequestLog(request_log, sample_rate) if request_log != "off" else None
+    no-cost path). Call it in each worker process, after any fork: the span exporter runs a thread.
+    `on_drop`: told how many request log lines were dropped because stdout did not take them."""
+    rl = RequestLog(request_log, sample_rate, on_drop=on_drop) if request_log != "off" else None
     tracing = otlp_tracing(env) if otlp_configured(env) else None
     if rl is None and tracing is None:
         return None

@@ -16,10 +16,16 @@ Device = Literal["auto", "cuda", "tensorrt", "cpu"]
 MemberExecution = Literal["auto", "sequential", "fused", "parallel"]
 
 
+# At most 18 digits: every such number fits an INT64 (Triton's version type), and a longer string is never
+# handed to ``int`` (beyond 4,300 digits Python refuses to convert it: a ValueError, not a version).
+MAX_VERSION_DIGITS = 18
+
+
 def is_version(text: str) -> bool:
     """THE version rule (folders, URLs, policies): a positive integer written plainly: "1", "12";
-    not "01", "0", "+1" or "¹" (which ``str.isdigit`` takes and ``int`` refuses)."""
-    return text.isascii() and text.isdigit() and not text.startswith("0")
+    not "01", "0", "+1" or "¹" (which ``str.isdigit`` takes and ``int`` refuses), nor longer than
+    MAX_VERSION_DIGITS digits."""
+    return len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit() and not text.startswith("0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from server.grpc import codec
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.generated import model_config_pb2
+from server.http.connections import grpc_connection_cap, open_file_limit
 from server.observability import RequestContext, grpc_context
 from server.protocol.tensors import InferenceRequest
 
@@ -39,6 +40,12 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 DRAINING = "The server is shutting down; send the request to another replica."
 INTERNAL = "The server failed on this request; its log has the details."
 HEALTH_REFRESH_S = 0.5  # how stale a grpc.health.v1 Watch stream may be
+# A connection without calls for this long gets GOAWAY (clients reconnect when they next call): held
+# channels of gone clients do not count against the cap for ever.
+GRPC_IDLE_MS = 300_000
+# Calls and streams at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; grpc's default is
+# unbounded): a client beyond it queues on its side.
+GRPC_MAX_STREAMS = 1024
 
 # HTTP status of a ServerError -> gRPC status code (the status code table in docs/triton.md).
 STATUS_CODES: dict[int, grpc.StatusCode] = {
@@ -196,7 +203,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """Each request gets one response, in order; an error answers that request (error_message, as
         Triton does) and the stream goes on."""
         deadline = self._deadline(context)
-        async for msg in request_iterator:
+        async for msg in self._until_drain(request_iterator):
             if msg is MALFORMED:
                 yield pb.ModelStreamInferResponse(error_message=_malformed("ModelInferRequest"))
                 continue
@@ -212,6 +219,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message=INTERNAL)
             else:
                 yield pb.ModelStreamInferResponse(infer_response=answer)
+
+    async def _until_drain(self, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A stream's messages until the client ends it, or until the drain starts while the stream waits
+        for its next message: an idle stream then ends (OK) at once rather than holding the shutdown for
+        the whole drain timeout. A message being answered is answered first."""
+        if self.drain.draining:
+            return
+        stop = asyncio.ensure_future(self.drain.begun.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(anext(messages))
+                await asyncio.wait((receive, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    return
+                try:
+                    msg = receive.result()
+                except StopAsyncIteration:
+                    return
+                yield msg
+        finally:
+            stop.cancel()
 
     # -------------------------------------------------------------------------------------- repository
 
@@ -353,6 +382,14 @@ class GrpcServer:
             ("grpc.max_send_message_length", -1),
             # ---- worker processes: every worker binds the gRPC port; the kernel spreads the connections.
             ("grpc.so_reuseport", 1 if services.cluster is not None else 0),
+            # ---- connection limits: gRPC's share of this process's descriptors (server.http.connections),
+            # so that idle connects cannot exhaust them and fail HTTP. Beyond the cap a new connection is
+            # closed at once; one that never completes its HTTP/2 handshake is closed after the header
+            # timeout, one without calls after the keep-alive idle time; streams per connection bounded.
+            ("grpc.max_allowed_incoming_connections", grpc_connection_cap(open_file_limit())),
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),
+            ("grpc.max_concurrent_streams", GRPC_MAX_STREAMS),
         ]
         self.server = grpc.aio.server(options=options)
         self.health = Health(services)

@@ -63,15 +63,30 @@ REASON_TEXT = {
 }
 
 
-def connection_cap(open_files: int) -> int:
-    """The automatic per-process connection cap for an open-file limit of `open_files`.
+def _budget(open_files: int) -> int:
+    """Descriptors left for connections (HTTP's and gRPC's together) under a limit of `open_files`.
 
     Every connection holds one descriptor; the process also needs some for the listening sockets, the
     event loop, the model files it reads while (re)loading, the repository scans, the metrics files, log
-    files and the GPU driver. So an eighth of the limit, and at least 64, is kept for those; the cap is
-    the rest (896 for the common 1024), at most ``MAX_AUTO_CONNECTIONS``."""
-    reserve = max(64, open_files // 8)
-    return max(1, min(open_files - reserve, MAX_AUTO_CONNECTIONS))
+    files and the GPU driver. So an eighth of the limit, and at least 64, is kept for those."""
+    return open_files - max(64, open_files // 8)
+
+
+def grpc_connection_cap(open_files: int) -> int:
+    """gRPC's share of the connection budget: a quarter (48 under a limit of 256, 224 under 1024).
+
+    gRPC clients multiplex their calls over few long-lived HTTP/2 connections (one per channel), so a
+    quarter is ample; beyond it grpc core closes each new connection at once
+    (``grpc.max_allowed_incoming_connections``), so idle connects cannot take HTTP's descriptors."""
+    return max(8, _budget(open_files) // 4)
+
+
+def connection_cap(open_files: int, grpc: bool = False) -> int:
+    """The automatic per-process HTTP connection cap for an open-file limit of `open_files`: the budget
+    (an eighth of the limit, and at least 64, kept for the process's own files) less gRPC's share when
+    gRPC is on; at most ``MAX_AUTO_CONNECTIONS``. 896 for the common 1024 without gRPC, 672 with it."""
+    budget = _budget(open_files) - (grpc_connection_cap(open_files) if grpc else 0)
+    return max(1, min(budget, MAX_AUTO_CONNECTIONS))
 
 
 def open_file_limit() -> int:
@@ -98,7 +113,7 @@ class ConnectionLimits:
 
 def limits_from_settings(settings: Any) -> ConnectionLimits:
     """The limits for this process: the settings, and the cap from the open-file limit when not set."""
-    cap = settings.max_connections or connection_cap(open_file_limit())
+    cap = settings.max_connections or connection_cap(open_file_limit(), grpc=settings.grpc_port != 0)
     if cap > open_file_limit() - 16:
         log.warning("max_connections=%d is close to the open-file limit %d", cap, open_file_limit())
     return ConnectionLimits(

@@ -26,6 +26,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = "application/json"
+# A path in the log is cut to this length: a 5 KB URL is the client's problem, not a log line's.
+MAX_LOGGED_PATH = 200
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_TYPE = b"content-type"
 INTERNAL = "Internal server error."
@@ -74,5 +76,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s", request.method, request.url.path[:MAX_LOGGED_PATH])
         return error_response(500, INTERNAL)

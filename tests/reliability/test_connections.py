@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def serve(repo: Repository, tmp: Path, env: dict[str, str], open_files: int | No
 
 @pytest.fixture(scope="module")
 def limited(repo: Repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The image's open-file limit, the automatic connection cap (896), short header and idle timeouts."""
+    """The image's open-file limit, the automatic connection cap (672; gRPC takes 224), short header and
+    idle timeouts."""
     proc = serve(repo, tmp_path_factory.mktemp("limited"), {}, open_files=IMAGE_OPEN_FILES)
     yield proc
     proc.stop()
@@ -425,3 +427,46 @@ def test_idle_keep_alive_connections_close(wide: ServerProcess) -> None:
            f"{ok} answered, all closed {closed_after:.1f} s after the last answer; server fds "
            f"{before_fds} -> {fds(wide)}; RSS {peak_rss / 1024:.1f} MiB with all open, "
            f"after each round {mib} MiB")  # fmt: skip
+
+
+# ---------------------------------------------------------------- gRPC's share of the descriptors
+GRPC_OPEN_FILES = 256
+GRPC_IDLE_CONNECTS = 300
+
+
+@pytest.mark.slow
+def test_idle_grpc_connections_cannot_exhaust_descriptors(repo: Repository, tmp_path: Path) -> None:
+    """300 idle TCP connects to the gRPC port of a server under ``ulimit -n 256``: gRPC's cap (its share
+    of the per-process budget) closes those beyond it, so HTTP readiness stays 200; the handshake timeout
+    closes the idle ones, so gRPC serves again."""
+    from server.grpc.generated import grpc_service_pb2 as pb
+    from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+    raise_own_limit(GRPC_IDLE_CONNECTS + 256)
+    proc = serve(repo, tmp_path, {}, open_files=GRPC_OPEN_FILES)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(GRPC_IDLE_CONNECTS):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", proc.grpc_port), timeout=2))
+            except OSError:  # refused or timed out at the backlog: the server stays what is asserted
+                break
+        time.sleep(1.0)  # let the server accept (and close) what it will
+        assert fds(proc) < GRPC_OPEN_FILES - 8, fds(proc)
+        assert_ready_and_correct(proc, repo)
+
+        def grpc_ready() -> bool:  # a new channel each time: a refused one stays in backoff
+            with grpc.insecure_channel(proc.grpc_target) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                with contextlib.suppress(grpc.RpcError):
+                    return stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready
+            return False
+
+        # The idle connects never start HTTP/2: closed at the handshake timeout (the header timeout, 2 s),
+        # after which gRPC serves again though the client still holds its sockets.
+        wait_for(grpc_ready, "gRPC serving again", timeout_s=5 * HEADER_TIMEOUT_S)
+        record("connections", "grpc-300-idle-connects", "HTTP ready 200", f"{fds(proc)} descriptors, ready")
+    finally:
+        for s in socks:
+            s.close()
+        proc.stop()

@@ -67,3 +67,16 @@ def test_a_port_already_taken_exits_3(repo: Repository) -> None:
             cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
         )  # fmt: skip
     assert r.returncode == 3 and "address already in use" in r.stderr.lower()
+
+
+@pytest.mark.parametrize("policy", ["1" * 5000, "1,2," + "1" * 19])
+def test_a_version_policy_past_18_digits_is_a_settings_error(policy: str) -> None:
+    """Past Python's int-digit limit (4,300) int() raised out of the validator: now one line, exit 2."""
+    r = subprocess.run(
+        [sys.executable, "-m", "server", "--model-repository", str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "", "ENSEMBLE_VERSION_POLICY": policy},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-500:]
+    assert r.stderr.strip().count("\n") == 0 and "version_policy" in r.stderr, r.stderr[-500:]
+    assert len(r.stderr) < 1000

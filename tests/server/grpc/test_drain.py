@@ -112,3 +112,41 @@ def test_sigterm_drains_grpc_with_http(tmp_path: Path) -> None:
         assert o.started >= t_signal - 0.05, (o, log[-2000:])
         assert o.code == grpc.StatusCode.UNAVAILABLE, o
     assert "drained: every accepted request has its answer" in log
+
+
+def test_an_idle_stream_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """A ModelStreamInfer stream with one answered request, left open: SIGTERM ends it (OK) at once and
+    the process exits 0 within ~2 s, not after the whole drain timeout (8 s)."""
+    import queue
+
+    write_version(tmp_path / "repo", "iris", 1, members=2, seed=1)
+    env = {"ENSEMBLE_WARMUP_RUNS": "1", "ENSEMBLE_DRAIN_TIMEOUT_S": "8"}
+    server = ServerProcess(tmp_path / "repo", env, tmp_path / "server.log")
+    outbox: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+
+    def requests() -> object:
+        while (msg := outbox.get(timeout=30)) is not None:
+            yield msg
+
+    try:
+        server.wait_live()
+        server.wait_loaded()
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answers = stub.ModelStreamInfer(requests(), timeout=30)
+            msg = pb.ModelInferRequest(model_name="iris")
+            msg.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+            msg.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+            outbox.put(msg)
+            first = next(answers)
+            assert first.error_message == "" and first.infer_response.model_name == "iris"
+            start = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(10) == 0, server.log_tail()
+            took = time.monotonic() - start
+            assert list(answers) == []  # the stream ended cleanly (OK), with no more answers
+            outbox.put(None)
+        assert took < 3.0, f"exit took {took:.1f}s"
+    finally:
+        outbox.put(None)
+        server.stop()

@@ -153,3 +153,20 @@ def test_stream_of_bad_requests_gets_in_band_errors(
         "",
     ]
     assert_still_serving(grpc_server, stub)
+
+
+@pytest.mark.parametrize("version", ["1" * 5000, "1" * 19])
+def test_a_version_past_18_digits_is_not_found(
+    grpc_server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, version: str
+) -> None:
+    """Past Python's int-digit limit (4,300) this was INTERNAL with a traceback in the log."""
+    msg = raw(rows(1, 4).tobytes())
+    msg.model_version = version
+    code, message = refused(stub, msg)
+    assert code == NOT_FOUND and "positive integers" in message and len(message) < 200, message
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="iris", version=version), timeout=30)
+    assert info.value.code() == NOT_FOUND
+    assert_still_serving(grpc_server, stub)
+    text = grpc_server.log.read_text()
+    assert "Traceback" not in text and "1" * 1000 not in text

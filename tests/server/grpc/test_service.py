@@ -17,6 +17,7 @@ from server.errors import Forbidden, NotFound, QueueFull, Timeout, Unauthorized,
 from server.grpc.generated import grpc_service_pb2 as pb
 from server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.service import GrpcServer, create_grpc_server
+from server.lifecycle import DrainState
 from server.protocol.tensors import InferenceRequest, InferenceResponse, OutputTensor
 
 TOKEN = "s3cret"
@@ -124,11 +125,11 @@ class FakeDataPlane:
 
 
 def services(**settings: Any) -> SimpleNamespace:
-    base = {"host": "127.0.0.1", "grpc_port": 0, "max_body_bytes": 100_000}
+    base = {"host": "127.0.0.1", "grpc_port": 0, "max_body_bytes": 100_000, "header_timeout_s": 10.0}
     return SimpleNamespace(
         settings=SimpleNamespace(**{**base, **settings}),
         dataplane=FakeDataPlane(),
-        drain=SimpleNamespace(draining=False, in_flight=0),
+        drain=DrainState(),
         cluster=None,  # one process (with --workers N, a worker's link to its parent)
     )
 

@@ -22,6 +22,7 @@ from server.http.connections import (
     ConnectionPool,
     connection_cap,
     error_response,
+    grpc_connection_cap,
     is_priority,
     limits_from_settings,
     protocol_class,
@@ -42,6 +43,14 @@ def test_the_cap_leaves_an_eighth_of_the_open_file_limit() -> None:
     assert connection_cap(256) == 192  # at least 64 kept
     assert connection_cap(65536) == 16384  # at most MAX_AUTO_CONNECTIONS
     assert connection_cap(20) == 1
+
+
+def test_grpc_takes_a_quarter_of_the_budget_from_http() -> None:
+    assert (grpc_connection_cap(1024), connection_cap(1024, grpc=True)) == (224, 672)
+    assert (grpc_connection_cap(256), connection_cap(256, grpc=True)) == (48, 144)
+    for limit in (256, 1024, 4096):  # together within the budget
+        assert grpc_connection_cap(limit) + connection_cap(limit, grpc=True) == connection_cap(limit)
+    assert grpc_connection_cap(20) == 8
 
 
 def test_limits_from_settings() -> None:
