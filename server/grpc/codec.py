@@ -28,6 +28,7 @@ from server.protocol.tensors import (
     RequestedOutput,
     check_datatype,
     check_shape,
+    check_unique_names,
     decode_binary_tensor,
     encode_binary_tensor,
 )
@@ -91,10 +92,10 @@ def decode_request(msg: pb.ModelInferRequest) -> InferenceRequest:
             "send one per input, in the order of 'inputs'."
         )
     names = [tensor.name for tensor in msg.inputs]
-    _no_duplicates(names, "input")
+    check_unique_names(names, "input")
     inputs = tuple(_decode_input(i, tensor, raw[i] if raw else None) for i, tensor in enumerate(msg.inputs))
     outputs = tuple(_requested_output(i, out) for i, out in enumerate(msg.outputs)) or None
-    _no_duplicates([out.name for out in outputs or ()], "output")
+    check_unique_names([out.name for out in outputs or ()], "output")
     return InferenceRequest(
         model_name=msg.model_name,
         model_version=msg.model_version or None,
@@ -211,14 +212,6 @@ def _requested_output(index: int, out: pb.ModelInferRequest.InferRequestedOutput
             f"Output '{out.name}' asks for the classification extension, which this server does not support."
         )
     return RequestedOutput(out.name, None, params)
-
-
-def _no_duplicates(names: list[str], kind: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ProtocolError(f"The request names {kind} '{name}' more than once.")
-        seen.add(name)
 
 
 # -------------------------------------------------------------------------------------------- responses

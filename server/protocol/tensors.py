@@ -330,3 +330,12 @@ def output_dtype(array: np.ndarray, datatype: str) -> np.dtype:
     if array.dtype.newbyteorder("=") != dtype.newbyteorder("="):
         raise ValueError(f"is {array.dtype} but datatype {datatype} needs {dtype}")
     return dtype
+
+
+def check_unique_names(names: list[str], kind: str) -> None:
+    """No input (or output) named twice in one request: the same refusal for every transport."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ProtocolError(f"The request names {kind} '{name}' more than once.")
+        seen.add(name)

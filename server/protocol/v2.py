@@ -30,6 +30,7 @@ from server.protocol.tensors import (
     RequestedOutput,
     check_datatype,
     check_shape,
+    check_unique_names,
     decode_binary_tensor,
     decode_json_tensor,
     output_dtype,
@@ -109,7 +110,7 @@ def parse_infer_request(
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("The request must have a non-empty 'inputs' array.")
     specs = [_input_spec(i, item) for i, item in enumerate(raw_inputs)]
-    _no_duplicates([spec.name for spec in specs], "input")
+    check_unique_names([spec.name for spec in specs], "input")
 
     binary_specs = [spec for spec in specs if spec.size is not None]
     if length is None and binary_specs:
@@ -144,7 +145,7 @@ def parse_infer_request(
             raise ProtocolError("The request 'outputs' must be an array.")
         # An empty list asks for nothing in particular, like an absent one: every output.
         outputs = tuple(_requested_output(i, item) for i, item in enumerate(raw_outputs)) or None
-        _no_duplicates([o.name for o in outputs or ()], "output")
+        check_unique_names([o.name for o in outputs or ()], "output")
     return InferenceRequest(model_name, model_version, request_id, parameters, tuple(inputs), outputs)
 
 
@@ -210,14 +211,6 @@ def _object(value: Any, who: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{who} must be a JSON object.")
     return value
-
-
-def _no_duplicates(names: list[str], kind: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ProtocolError(f"The request names {kind} '{name}' more than once.")
-        seen.add(name)
 
 
 def decode_fast(
